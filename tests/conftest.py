@@ -1,0 +1,23 @@
+"""Every test sees 8 simulated CPU devices (set before jax is imported)."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TFDS must never try the network in tests.
+os.environ.setdefault("TFDS_DISABLE_GCS", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_enable_x64", False)
+
+
+@pytest.fixture(scope="session")
+def devices():
+  devs = jax.devices()
+  assert len(devs) == 8, f"expected 8 simulated devices, got {len(devs)}"
+  return devs
