@@ -1,0 +1,35 @@
+"""SSL methods: one module per method, all on the same small interface.
+
+A method module defines (see ``simclr.py`` for the reference implementation)::
+
+  view_recipes(config) -> tuple[augment.ViewRecipe, ...]
+      The augmented views the step feeds to ``loss_fn``.
+  init(key, config, sample_images) -> (params, batch_stats, method_state)
+      ``params['encoder']`` / ``batch_stats['encoder']`` hold the backbone
+      (what ``load_encoder`` and the kNN monitor use); the rest is the method's.
+  loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name)
+      -> (loss, (batch_stats, method_state, metrics))
+      Per-device code. ``loss`` and ``metrics`` are already averaged over the
+      global batch (the losses' ``axis_name``), so they are the same on every
+      device, and the gradient of replicated params is the global gradient.
+  post_update(params, batch_stats, method_state, step, config) -> method_state
+      After the optimizer step: EMA of target params, queue push, ...
+
+Adding a method = one module here, its name in ``_METHODS``, a config, a test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+_METHODS = ("simclr",)
+
+
+def get_method(name: str) -> types.ModuleType:
+  """The method module called ``name`` (e.g. ``'simclr'``)."""
+  if name not in _METHODS:
+    raise ValueError(
+        f"Unknown method {name!r}. Known methods: {', '.join(_METHODS)}. "
+        "Set config.method to one of them.")
+  return importlib.import_module(f"ssl_jax.methods.{name}")

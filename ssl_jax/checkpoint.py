@@ -1,0 +1,100 @@
+"""Checkpoints with orbax: asynchronous saves, ``max_to_keep``, automatic resume.
+
+A checkpoint holds two items: ``state`` (the whole TrainState pytree: step,
+params, batch_stats, opt_state, method_state, rng) and ``meta`` (JSON: the run
+config and the data position). Because the data order is a pure function of
+(seed, step), the data position is the step plus the seed and global batch
+size it was computed with; resuming checks they still match.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def make_manager(workdir: str, *, every_steps: int, max_to_keep: int,
+                 asynchronous: bool = True) -> ocp.CheckpointManager:
+  """An orbax CheckpointManager for ``workdir/checkpoints``.
+
+  Saves happen every ``every_steps`` steps (``save`` is a no-op otherwise,
+  unless forced) and keep the newest ``max_to_keep``. Orbax writes each
+  checkpoint into a temporary directory and renames it when complete, so a
+  crash mid-save never leaves a checkpoint that resume would pick up.
+  """
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=max(1, every_steps),
+      max_to_keep=max_to_keep,
+      enable_async_checkpointing=asynchronous,
+      create=True,
+  )
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
+         *, force: bool = False) -> bool:
+  """Saves ``state`` and ``meta`` at ``step`` (async); True if a save started."""
+  return manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              meta=ocp.args.JsonSave(meta)),
+      force=force,
+  )
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None):
+  """(state, meta) restored into the structure/shardings of ``abstract_state``.
+
+  Restoring into an abstract target (``jax.ShapeDtypeStruct`` leaves with
+  shardings) gives back the same pytree types; without one, optax states
+  would come back as plain lists and dicts.
+  """
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
+  restored = manager.restore(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                              meta=ocp.args.JsonRestore()),
+  )
+  return restored["state"], restored["meta"]
+
+
+def _resolve(path: str) -> tuple[str, int]:
+  """(checkpoints directory, step) for a workdir, checkpoints dir or step dir."""
+  path = os.path.abspath(path)
+  for candidate in (checkpoint_dir(path), path):
+    if os.path.isdir(candidate):
+      steps = ocp.utils.checkpoint_steps(candidate)
+      if steps:
+        return candidate, max(steps)
+  parent, name = os.path.split(path.rstrip("/"))
+  if name.isdigit() and os.path.isdir(path):
+    return parent, int(name)
+  raise FileNotFoundError(
+      f"No ssl_jax checkpoint found at {path!r}. Pass a training workdir (it holds "
+      f"'{CHECKPOINT_DIR}/<step>/'), its '{CHECKPOINT_DIR}' directory, or one step directory.")
+
+
+def restore_raw(path: str) -> tuple[dict, dict, int]:
+  """(state as nested dicts of host arrays, meta, step) from any checkpoint path.
+
+  Used where the optimizer structure is unknown or irrelevant: ``init_from``
+  and ``load_encoder`` only need params and batch statistics.
+  """
+  directory, step = _resolve(path)
+  with ocp.CheckpointManager(directory) as manager:
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                      meta=ocp.args.JsonRestore()))
+  state = jax.tree.map(jax.device_get, restored["state"])
+  return state, restored["meta"], step

@@ -1,0 +1,39 @@
+"""CLI: ``python -m ssl_jax.main --config=configs/simclr.py:cifar10 --workdir=DIR``.
+
+Kept short (as flax's examples/imagenet): flags in, ``train_and_evaluate`` out.
+``--config.<field>=value`` overrides any config field; the config is locked,
+so a misspelled field is an error that names it.
+"""
+
+from __future__ import annotations
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/simclr.py:cifar10,runlocal.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and plots go here.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Imported here so `--help` and flag errors do not pay for JAX/TF start-up.
+  from ssl_jax import train  # pylint: disable=g-import-not-at-top
+  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  logging.info("Final metrics: %s", results)
+  summary = [f"step {results.get('step')}", f"loss {results.get('loss', float('nan')):.4f}"]
+  if "knn_top1" in results:
+    if "knn_top1_init" in results:
+      summary.append(f"kNN top-1 {100 * results['knn_top1_init']:.2f}% (random init) -> "
+                     f"{100 * results['knn_top1']:.2f}% (trained)")
+    else:
+      summary.append(f"kNN top-1 {100 * results['knn_top1']:.2f}%")
+  print("ssl_jax done: " + "; ".join(summary), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

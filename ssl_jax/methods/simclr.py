@@ -1,0 +1,115 @@
+"""SimCLR (Chen, Kornblith, Norouzi & Hinton 2020, "A Simple Framework for
+Contrastive Learning of Visual Representations").
+
+Two augmented views of every image go through the encoder and a non-linear
+projection head; NT-Xent (eq. 1) over the 2N views of the global batch (all
+devices' negatives: the paper's Sec. 2.2 "Global BN" and large-batch setup).
+Both views are concatenated into one batch, so BatchNorm normalises over all 2N
+views of all devices, as in the reference TF implementation.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ssl_jax import augment
+from ssl_jax import losses
+from ssl_jax.models import encoder as encoder_lib
+from ssl_jax.models import heads
+from ssl_jax.models import resnet
+
+
+class SimCLRModel(nn.Module):
+  """Encoder f(.) + projection head g(.) of the paper's Figure 2."""
+  encoder: nn.Module
+  projector: nn.Module
+
+  def __call__(self, images, train: bool):
+    features = self.encoder(images, train=train)
+    return features, self.projector(features, train=train)
+
+
+def _model(config: ml_collections.ConfigDict, axis_name) -> SimCLRModel:
+  cfg = config.simclr
+  hidden = cfg.projector_hidden_dim or resnet.num_features(
+      config.model.depth, config.model.width_multiplier, config.model.base_width)
+  projector = heads.MLPHead(
+      hidden_dims=(hidden,) * (cfg.projector_layers - 1),
+      output_dim=cfg.projection_dim,
+      use_bn=True,
+      last_bn=cfg.projector_last_bn,
+      axis_name=axis_name,
+      dtype=encoder_lib.compute_dtype(config.model),
+  )
+  return SimCLRModel(encoder=encoder_lib.build_encoder(config.model, axis_name),
+                     projector=projector)
+
+
+def view_recipes(config) -> tuple[augment.ViewRecipe, ...]:
+  """The two views of Sec. 3 / appendix A (preset and size from config.augment)."""
+  recipes = augment.preset(config.augment.preset, config.augment.size)
+  if len(recipes) != 2:
+    raise ValueError(
+        f"SimCLR needs exactly two views; preset {config.augment.preset!r} gives "
+        f"{len(recipes)}. Use config.augment.preset='simclr' or 'simclr_cifar'.")
+  return recipes
+
+
+def init(key, config, sample_images):
+  """Params {'encoder', 'projector'}, their batch_stats, and no method state."""
+  del sample_images  # shapes come from the view recipes
+  size = config.augment.size
+  dummy = jnp.zeros((2, size, size, 3), jnp.float32)
+  variables = _model(config, axis_name=None).init(key, dummy, train=False)
+  return variables["params"], variables.get("batch_stats", {}), {}
+
+
+def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name):
+  """NT-Xent of the two projected views (per-device code, global negatives).
+
+  Args:
+    params, batch_stats: {'encoder', 'projector'} trees.
+    method_state: unused ({}).
+    views: [view_1, view_2], float32 [n, S, S, 3] on this device.
+    key: unused (SimCLR's loss is deterministic given the views).
+    config: the run config (``config.simclr.temperature``).
+    axis_name: the data-parallel axis (negatives and BN statistics span it).
+
+  Returns:
+    (loss, (batch_stats, method_state, metrics)); loss = global mean NT-Xent.
+  """
+  del key
+  view_1, view_2 = views
+  n = view_1.shape[0]
+  (_, z), updated = _model(config, axis_name).apply(
+      {"params": params, "batch_stats": batch_stats},
+      jnp.concatenate([view_1, view_2]), train=True, mutable=["batch_stats"])
+  z = z.astype(jnp.float32)
+  z_1, z_2 = z[:n], z[n:]
+  loss = losses.nt_xent(z_1, z_2, config.simclr.temperature, axis_name=axis_name)
+  metrics = {"loss": loss, **_embedding_stats(z, axis_name)}
+  return loss, (updated.get("batch_stats", {}), method_state, metrics)
+
+
+def _embedding_stats(z, axis_name):
+  """Collapse diagnostic: mean per-dimension std of l2-normalised embeddings.
+
+  1/sqrt(D) for well-spread embeddings, 0 under complete collapse.
+  """
+  z = jax.lax.stop_gradient(z)
+  z = z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-12)
+  mean = jnp.mean(z, axis=0)
+  sq = jnp.mean(jnp.square(z), axis=0)
+  if axis_name is not None:
+    mean, sq = jax.lax.pmean((mean, sq), axis_name)
+  std = jnp.sqrt(jnp.maximum(sq - jnp.square(mean), 0.0))
+  return {"embedding_std": jnp.mean(std)}
+
+
+def post_update(params, batch_stats, method_state, step, config):
+  """SimCLR has no post-update state."""
+  del params, batch_stats, step, config
+  return method_state

@@ -1,0 +1,92 @@
+"""Where metrics go: ``metrics.jsonl``, TensorBoard events, a progress bar, a PNG.
+
+Only process 0 writes (``enabled``). ``metrics.jsonl`` holds one JSON object
+per logged step (``step``, ``loss``, ``learning_rate``, ``images_per_sec``,
+``ms_per_step``, ``knn_top1``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import logging
+from clu import metric_writers
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "curves.png"
+
+
+class MetricsWriter:
+  """Appends metrics to ``workdir/metrics.jsonl`` and TensorBoard events."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    self.workdir = workdir
+    self.enabled = enabled
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._tb = metric_writers.create_default_writer(workdir, just_logging=False,
+                                                      asynchronous=True)
+      self._file = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
+
+  def write_config(self, config) -> None:
+    if self.enabled:
+      with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+  def write(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    self._tb.write_scalars(int(step), {k: float(v) for k, v in scalars.items()})
+    logging.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
+
+  def close(self, plot: bool = False) -> None:
+    if not self.enabled:
+      return
+    self._tb.flush()
+    self._tb.close()
+    self._file.close()
+    if plot:
+      plot_curves(self.workdir)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(workdir: str) -> str | None:
+  """Loss, learning rate and kNN accuracy against step -> ``workdir/curves.png``."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  records = read_metrics(workdir)
+  keys = [k for k in ("loss", "learning_rate", "knn_top1") if any(k in r for r in records)]
+  if not keys:
+    return None
+  fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    points = [(r["step"], r[key]) for r in records if key in r]
+    ax.plot(*zip(*points), marker="." if len(points) < 50 else None)
+    ax.set_xlabel("step")
+    ax.set_title(key)
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  path = os.path.join(workdir, PLOT_FILE)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def progress_bar(total: int, initial: int, *, enabled: bool):
+  """A tqdm bar on a terminal; silent (but still countable) elsewhere."""
+  return tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                   disable=not (enabled and sys.stderr.isatty()))
