@@ -123,12 +123,17 @@ def _run(tx, params_flat, grads_per_step, use_jit=True):
   return _to_flat(params), updates_seen
 
 
+@pytest.fixture(scope="module")
+def tiny_params():
+  """Real flax params of _TinyNet (init compiled once instead of op by op)."""
+  return jax.jit(_TinyNet().init)(jax.random.key(0), jnp.zeros((2, 8, 8, 3)))["params"]
+
+
 # ----------------------------------------------------------------------------- decay_mask
 
 
-def test_decay_mask_on_flax_module():
-  variables = _TinyNet().init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
-  params = variables["params"]
+def test_decay_mask_on_flax_module(tiny_params):
+  params = tiny_params
   assert optim.decay_mask(params) == _TINY_EXPECTED
   # Frozen params give the same answer (as a FrozenDict).
   frozen = flax.core.freeze(params)
@@ -362,9 +367,8 @@ def test_adamw_lamb_one_step_and_decay_mask(name):
     assert np.allclose(got[k], got0[k], rtol=1e-6, atol=0) != decayed, k
 
 
-def test_grad_clip_norm_and_defaults_build_on_flax_params():
-  variables = _TinyNet().init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
-  params = variables["params"]
+def test_grad_clip_norm_and_defaults_build_on_flax_params(tiny_params):
+  params = tiny_params
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
   g_norm = math.sqrt(sum(0.25 * p.size for p in jax.tree.leaves(params)))
   for name in optim.OPTIMIZERS:
