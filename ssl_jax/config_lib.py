@@ -61,3 +61,4 @@ def apply_runlocal(c: ml_collections.ConfigDict) -> None:
   c.model.depth = 18
   c.model.base_width = 8
   c.knn.every_epochs = 0.0
+  c.optim.warmup_epochs = 0.0
