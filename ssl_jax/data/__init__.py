@@ -18,11 +18,16 @@ whose image sizes vary (ImageNet, imagenette, photo folders) are cropped on the
 host to the views' sizes (``crop_recipes``) for training and centre-cropped to
 ``image_size`` for evaluation.
 
-Host throughput (2-core CPU, 32x32 CIFAR images, records/s, one thread):
-``tfds`` data source random access + decode of PNG 7.5k, JPEG 8.1k, raw uint8
-tensor 16.8k (read alone, no decode: 28k); hence our builders store fixed-size
-images as raw uint8. ``train_batches`` at batch 256 on CIFAR-10 from an image
-folder: see the ``data`` branch report / README for the current figure.
+Host throughput, measured on a shared 2-core CPU (records per CPU-second, one
+thread, random access through ``builder.as_data_source``, 32x32 CIFAR images):
+TFDS ``Image`` PNG + decode 5.5k, JPEG + decode 6.1k (PIL on skipped-decoding
+bytes: 7.9k / 8.3k; ``tf.io.decode_image``: 5.7k / 6.2k), TFDS ``Tensor`` uint8
+default int64-list encoding 13k, ``Tensor`` with ``Encoding.BYTES`` 23k -- so our
+builders store fixed-size images as raw bytes. Real CIFAR-10 as a JPEG folder
+(60k files): building its TFDS dataset takes 15 s; ``train_batches`` at global
+batch 256 yields ~20k images/s (``eval_batches`` 22k/s), orders of magnitude
+above what a CPU train step consumes. Variable-size (~400x400 JPEG) host crops:
+~500-1,000 images/s with two 224 views on 2 cores.
 """
 
 from ssl_jax.data.pipeline import dataset_info
