@@ -1,7 +1,7 @@
 """Tests for ssl_jax.models: ResNet encoders, MLP heads, SwAV prototypes.
 
 Big models are only traced (jax.eval_shape); real forward passes use base widths
-4-8 on 16-32 px images so the file runs in well under a minute on 2 CPU cores.
+4-8 on 16-32 px images so the file runs in about a minute on 2 busy CPU cores.
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ def _count(tree):
 
 @functools.lru_cache(maxsize=None)
 def _abstract_init(depth, width_multiplier, stem, norm='batch'):
-  """(output ShapeDtypeStruct, variables shapes) of a full-size model, traced only."""
+  """(output ShapeDtypeStruct, variables shapes) of a full-size model, traced only.
+
+  32x32 inputs keep tracing cheap; the params do not depend on the image size.
+  """
   model = ResNet(depth=depth, width_multiplier=width_multiplier, stem=stem, norm=norm)
   return jax.eval_shape(lambda: model.init_with_output(
       jax.random.key(0), jnp.zeros((2, 32, 32, 3), jnp.float32), train=False))
@@ -273,22 +276,23 @@ def _last_norm_name(block_params):
   return 'norm3' if 'norm3' in block_params else 'norm2'
 
 
-@pytest.mark.parametrize('depth', (18, 50))
-@pytest.mark.parametrize('norm', resnet.NORMS)
-def test_zero_init_residual_scales(depth, norm):
-  x = jnp.zeros((1, 16, 16, 3))
-  for zero_init in (True, False):
-    model = _tiny(depth=depth, norm=norm, zero_init_residual=zero_init)
-    params = _init(model, x, seed=9, train=False)['params']
-    blocks = [name for name in params if name.startswith('stage')]
-    assert len(blocks) == sum(resnet.STAGE_SIZES[depth])
-    for name in blocks:
-      block = params[name]
-      last = _last_norm_name(block)
-      for norm_name in [k for k in block if 'norm' in k]:
-        scale = np.asarray(block[norm_name]['scale'])
-        expected = 0.0 if (zero_init and norm_name == last) else 1.0
-        np.testing.assert_array_equal(scale, expected, err_msg=f'{name}/{norm_name}')
+@pytest.mark.parametrize('depth, norm, zero_init', [
+    (18, 'batch', True), (50, 'batch', True), (18, 'group_ws', True), (50, 'group_ws', True),
+    (18, 'batch', False),  # control: without the flag every norm scale starts at one
+])
+def test_zero_init_residual_scales(depth, norm, zero_init):
+  model = _tiny(depth=depth, norm=norm, zero_init_residual=zero_init)
+  params = _init(model, jnp.zeros((1, 16, 16, 3)), seed=9, train=False)['params']
+  blocks = [name for name in params if name.startswith('stage')]
+  assert len(blocks) == sum(resnet.STAGE_SIZES[depth])
+  for name in blocks:
+    block = params[name]
+    last = _last_norm_name(block)
+    for norm_name in [k for k in block if 'norm' in k]:
+      scale = np.asarray(block[norm_name]['scale'])
+      expected = 0.0 if (zero_init and norm_name == last) else 1.0
+      np.testing.assert_array_equal(scale, expected, err_msg=f'{name}/{norm_name}')
+  np.testing.assert_array_equal(params['stem_norm']['scale'], 1.0)
 
 
 def test_zero_init_blocks_equal_their_shortcut_numpy():
@@ -355,6 +359,8 @@ def test_mlp_head_matches_numpy_float64():
   variables = _init(head, x, seed=16, train=True)
   y, _ = _apply(head, variables, x, train=True, mutable=['batch_stats'])
   assert y.shape == (16, 8) and y.dtype == jnp.float32
+  y_eager, _ = head.apply(variables, x, train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(y, y_eager, rtol=1e-5, atol=1e-5)  # jit == no jit
 
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables['params'])
   h = np.asarray(x, np.float64)

@@ -31,7 +31,8 @@ BYOL reference implementations unless noted):
   ``batch_stats`` collection exists at all, so train and eval are the same
   function of the params and ``axis_name`` is unused.
 * **Init.** Convs use flax's default LeCun-normal (fan-in, truncated normal:
-  the variance-scaling init of SimCLR's TF and BYOL's Haiku code); norm scales
+  the variance-scaling init of SimCLR's TF and BYOL's Haiku code; torchvision
+  uses He-normal fan-out instead, which BN makes immaterial); norm scales
   start at 1 and offsets at 0, except the last norm of each block when
   ``zero_init_residual`` (Goyal et al. 2017), which starts each residual
   branch at zero so every block begins as (ReLU of) its shortcut.
