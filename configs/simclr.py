@@ -25,9 +25,8 @@ def get_config(arg=None):
   c.simclr = dict(
       temperature=0.1,            # Sec. 5.1 / Table 5: 0.1 with large batches (ImageNet)
       projection_dim=128,         # Sec. 4.2: g(.) is a 2-layer MLP to 128 dimensions
-      projector_layers=2,         # v1: 2 layers (SimCLR v2 uses 3)
+      projector_layers=2,         # v1: 2 layers, BN on each (SimCLR v2 uses 3)
       projector_hidden_dim=0,     # 0: the encoder's feature width (2048 for ResNet-50)
-      projector_last_bn=True,     # reference TF code: BN (no bias) on the output layer too
   )
   # Sec. 4/B.1: LARS, lr = 0.3 x B/256, weight decay 1e-6, 10 warm-up epochs then
   # cosine decay, batch 4096, 100 epochs (the paper's main runs go to 1000).

@@ -36,14 +36,11 @@ def _model(config: ml_collections.ConfigDict, axis_name) -> SimCLRModel:
   cfg = config.simclr
   hidden = cfg.projector_hidden_dim or resnet.num_features(
       config.model.depth, config.model.width_multiplier, config.model.base_width)
-  projector = heads.MLPHead(
-      hidden_dims=(hidden,) * (cfg.projector_layers - 1),
-      output_dim=cfg.projection_dim,
-      use_bn=True,
-      last_bn=cfg.projector_last_bn,
-      axis_name=axis_name,
-      dtype=encoder_lib.compute_dtype(config.model),
-  )
+  # v1 (projector_layers=2) and v2 (3) heads of the reference code: BN on every
+  # layer, the output BN without centre.
+  projector = heads.simclr_v2_projector(
+      hidden, cfg.projection_dim, num_layers=cfg.projector_layers, axis_name=axis_name,
+      dtype=encoder_lib.compute_dtype(config.model))
   return SimCLRModel(encoder=encoder_lib.build_encoder(config.model, axis_name),
                      projector=projector)
 
