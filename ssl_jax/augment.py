@@ -582,7 +582,8 @@ def augment_view(key: jax.Array, images_uint8: jax.Array, recipe: ViewRecipe, *,
   """One augmented view of a batch, each image with its own key.
 
   Args:
-    key: PRNG key of this view; split into one key per example.
+    key: PRNG key of this view, split into one key per example; or a key
+      array of shape [B] holding each example's own key.
     images_uint8: uint8 [B, H, W, 3] (float in [0, 1] is accepted too).
     recipe: the view's ``ViewRecipe`` (static under jit).
     crop: False when the images were already cropped on the host to
@@ -600,18 +601,38 @@ def augment_view(key: jax.Array, images_uint8: jax.Array, recipe: ViewRecipe, *,
         f"pre-cropped images must be [B, {recipe.size}, {recipe.size}, 3] for a recipe of "
         f"size {recipe.size}; got {tuple(images.shape)}. Crop them to that size on the "
         f"host, or pass the full images with crop=True.")
-  keys = jax.random.split(key, images.shape[0])
+  keys = _example_keys(key, images.shape[0])
   images = _to_unit_float(images)
   return jax.vmap(lambda k, x: _augment_one(k, x, recipe, crop))(keys, images)
+
+
+def _example_keys(key: jax.Array, batch: int) -> jax.Array:
+  """[B] per-example keys: ``key`` split B ways, or ``key`` itself if already [B]."""
+  if key.shape == ():
+    return jax.random.split(key, batch)
+  if key.shape != (batch,):
+    raise ValueError(f"key must be one key or one key per example [{batch}]; "
+                     f"got shape {key.shape}.")
+  return key
+
+
+def _fold_view(key: jax.Array, view_index: int) -> jax.Array:
+  """``fold_in(key, view_index)`` for one key or elementwise for a [B] key array."""
+  if key.shape == ():
+    return jax.random.fold_in(key, view_index)
+  return jax.vmap(lambda k: jax.random.fold_in(k, view_index))(key)
 
 
 def views(key: jax.Array, images, recipes: Sequence[ViewRecipe]) -> list[jax.Array]:
   """All views of a batch: one normalised float32 array per recipe.
 
-  View ``i`` uses ``jax.random.fold_in(key, i)``, split per example.
+  View ``i`` uses ``jax.random.fold_in(key, i)``, split per example; or, when
+  ``key`` is a [B] array of per-example keys, ``fold_in(key[b], i)`` for
+  example ``b``. The trainer passes per-example keys folded with the GLOBAL
+  example index, so views do not depend on how the batch is split over devices.
 
   Args:
-    key: PRNG key of this step (already folded with step and device).
+    key: PRNG key of this step, or [B] per-example keys.
     images: uint8 [B, H, W, 3], the same source images for every view (the
       crop happens here, on device); OR a sequence of uint8 arrays, one per
       recipe, each already cropped on the host to [B, r.size, r.size, 3]
@@ -632,9 +653,9 @@ def views(key: jax.Array, images, recipes: Sequence[ViewRecipe]) -> list[jax.Arr
       raise ValueError(
           f"got {len(images)} pre-cropped image arrays for {len(recipes)} recipes; pass "
           f"one [B, r.size, r.size, 3] array per recipe (or one uncropped batch).")
-    return [augment_view(jax.random.fold_in(key, i), view_images, recipe, crop=False)
+    return [augment_view(_fold_view(key, i), view_images, recipe, crop=False)
             for i, (view_images, recipe) in enumerate(zip(images, recipes))]
-  return [augment_view(jax.random.fold_in(key, i), images, recipe)
+  return [augment_view(_fold_view(key, i), images, recipe)
           for i, recipe in enumerate(recipes)]
 
 

@@ -493,3 +493,18 @@ def test_recipe_accepts_lists_and_stays_hashable():
   recipe = ViewRecipe(size=8, crop_scale=[0.2, 1], mean=[0.5, 0.5, 0.5])
   assert recipe.crop_scale == (0.2, 1.0) and recipe.mean == (0.5, 0.5, 0.5)
   assert hash(recipe) == hash(ViewRecipe(size=8, crop_scale=(0.2, 1.0), mean=(0.5,) * 3))
+
+
+def test_per_example_keys_make_views_independent_of_batch_split():
+  """With one key per example, a view depends only on its own key and image."""
+  recipes = augment.preset("simclr_cifar", 16)
+  images = np.random.default_rng(3).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(5), jnp.arange(8))
+  whole = augment.views(keys, images, recipes)
+  halves = [augment.views(keys[i:i + 4], images[i:i + 4], recipes) for i in (0, 4)]
+  for v, view in enumerate(whole):
+    np.testing.assert_allclose(np.asarray(view),
+                               np.concatenate([np.asarray(h[v]) for h in halves]), atol=1e-5)
+  assert not np.allclose(np.asarray(whole[0]), np.asarray(whole[1]))
+  with pytest.raises(ValueError, match="one key per example"):
+    augment.views(keys[:3], images, recipes)
