@@ -22,17 +22,16 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
-def make_manager(workdir: str, *, every_steps: int, max_to_keep: int,
+def make_manager(workdir: str, *, max_to_keep: int,
                  asynchronous: bool = True) -> ocp.CheckpointManager:
   """An orbax CheckpointManager for ``workdir/checkpoints``.
 
-  Saves happen every ``every_steps`` steps (``save`` is a no-op otherwise,
-  unless forced) and keep the newest ``max_to_keep``. Orbax writes each
+  It keeps the newest ``max_to_keep`` checkpoints; the training loop decides
+  when to save (every ``config.checkpoint_every_steps`` and at the end). Orbax writes each
   checkpoint into a temporary directory and renames it when complete, so a
   crash mid-save never leaves a checkpoint that resume would pick up.
   """
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=max(1, every_steps),
       max_to_keep=max_to_keep,
       enable_async_checkpointing=asynchronous,
       create=True,
@@ -40,15 +39,14 @@ def make_manager(workdir: str, *, every_steps: int, max_to_keep: int,
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
-         *, force: bool = False) -> bool:
-  """Saves ``state`` and ``meta`` at ``step`` (async); True if a save started."""
-  return manager.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              meta=ocp.args.JsonSave(meta)),
-      force=force,
-  )
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+  """Starts saving ``state`` and ``meta`` at ``step``.
+
+  Returns once the arrays are copied off the devices (so the caller may donate
+  them to the next step); the write to disk finishes in the background.
+  """
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             meta=ocp.args.JsonSave(meta)), force=True)
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None):

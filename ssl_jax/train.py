@@ -187,11 +187,18 @@ def _init_from(state: TrainState, path: str) -> TrainState:
                        opt_state=state.opt_state)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_at_step: int | None = None) -> dict:
   """Pre-trains ``config.method`` and returns the final metrics.
 
   Resume is automatic: an existing checkpoint in ``workdir`` wins, else
   ``config.init_from``, else a fresh start.
+
+  Args:
+    config: the run config (see ``configs/``).
+    workdir: checkpoints, metrics.jsonl, TensorBoard events, curves.png.
+    stop_at_step: stop early at this step with a checkpoint, as a preempted
+      run would; the schedule is still the one of the whole run.
   """
   validate_config(config)
   method = methods.get_method(config.method)
@@ -205,8 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   recipes = method.view_recipes(config)
 
   state = create_train_state(config, method, tx, mesh)
-  manager = checkpoint.make_manager(workdir, every_steps=config.checkpoint_every_steps,
-                                    max_to_keep=config.checkpoint_max_to_keep)
+  manager = checkpoint.make_manager(workdir, max_to_keep=config.checkpoint_max_to_keep)
   if manager.latest_step() is not None:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
@@ -241,11 +247,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       start_step=start_step, crop_recipes=recipes if info.image_shape is None else None)
   progress = metrics_io.progress_bar(total_steps, start_step, enabled=jax.process_index() == 0)
   pending, last_log_time, last_log_step = [], time.perf_counter(), start_step
-  for step in range(start_step, total_steps):
+  end_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
+  for step in range(start_step, end_step):
     state, metrics = step_fn(state, _put_batch(next(batches), sharding))
     pending.append(metrics)
     done = step + 1
-    if done % config.log_every_steps == 0 or done == total_steps:
+    if done % config.log_every_steps == 0 or done == end_step:
       # The only host sync of the loop: fetch the metrics of the interval.
       fetched = jax.device_get(pending)
       pending = []
@@ -264,10 +271,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       progress.update(done - progress.n)
       progress.set_postfix(loss=f"{logged['loss']:.4f}")
       results.update(logged)
-    checkpoint.save(manager, done, state, _meta(config, done), force=done == total_steps)
+    if done % config.checkpoint_every_steps == 0 or done == end_step:
+      checkpoint.save(manager, done, state, _meta(config, done))
     if knn_every and done % knn_every == 0 and done != total_steps:
       results["knn_top1"] = run_knn(done)
-  if knn_every and total_steps > start_step:
+  if knn_every and end_step == total_steps > start_step:
     results["knn_top1"] = run_knn(total_steps)
   progress.close()
   manager.wait_until_finished()

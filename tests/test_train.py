@@ -105,7 +105,9 @@ def test_resume_is_bitwise_equal(data_dir, tmp_path):
   straight = train.train_and_evaluate(tiny_config(data_dir, total_steps=2 * k),
                                       str(tmp_path / "straight"))
   resumed_dir = str(tmp_path / "resumed")
-  train.train_and_evaluate(tiny_config(data_dir, total_steps=k), resumed_dir)
+  stopped = train.train_and_evaluate(tiny_config(data_dir, total_steps=2 * k), resumed_dir,
+                                     stop_at_step=k)
+  assert stopped["step"] == k
   resumed = train.train_and_evaluate(tiny_config(data_dir, total_steps=2 * k), resumed_dir)
   assert straight["step"] == resumed["step"] == 2 * k
   from ssl_jax import checkpoint  # pylint: disable=g-import-not-at-top
