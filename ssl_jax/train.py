@@ -63,7 +63,7 @@ def _global_index(local_batch: int, axis_name) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, schedule,
-               axis_name=BATCH_AXIS):
+               total_steps: int, axis_name=BATCH_AXIS):
   """One optimizer step; per-device code run under ``jax.shard_map``.
 
   Args:
@@ -73,6 +73,7 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
       (variable-size datasets; cropped on the host).
     method: the method module; config: the run config; recipes: the views.
     tx, schedule: the optax transformation and its learning-rate schedule.
+    total_steps: length of the run (for the method's own schedules, e.g. BYOL's tau).
 
   Returns:
     (new_state, metrics): metrics are scalars averaged over the global batch.
@@ -96,7 +97,8 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
       loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  method_state = method.post_update(params, batch_stats, method_state, state.step + 1, config)
+  method_state = method.post_update(params, batch_stats, method_state, state.step + 1, config,
+                                     total_steps=total_steps)
   metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step),
                  grad_norm=optax.global_norm(grads))
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
@@ -227,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if start_step == 0:
     writer.write_config(config)
   step_fn = compile_train_step(mesh, method=method, config=config, recipes=recipes, tx=tx,
-                               schedule=schedule)
+                               schedule=schedule, total_steps=total_steps)
   feature_fn = evaluate.make_feature_fn(config, mesh)
   knn_every = int(round(config.knn.every_epochs * steps_per_epoch)) if config.knn.every_epochs else 0
 

@@ -83,7 +83,8 @@ def _one_step(config, devices, batch):
                                       batch_size=config.batch_size)
   state = train.create_train_state(config, method, tx, mesh)
   step = train.compile_train_step(mesh, method=method, config=config,
-                                  recipes=method.view_recipes(config), tx=tx, schedule=schedule)
+                                  recipes=method.view_recipes(config), tx=tx, schedule=schedule,
+                                  total_steps=10)
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
   state, metrics = step(state, {"image": jax.device_put(batch, sharding)})
   return jax.device_get(state.params), jax.device_get(state.batch_stats), jax.device_get(metrics)

@@ -12,8 +12,9 @@ A method module defines (see ``simclr.py`` for the reference implementation)::
       Per-device code. ``loss`` and ``metrics`` are already averaged over the
       global batch (the losses' ``axis_name``), so they are the same on every
       device, and the gradient of replicated params is the global gradient.
-  post_update(params, batch_stats, method_state, step, config) -> method_state
-      After the optimizer step: EMA of target params, queue push, ...
+  post_update(params, batch_stats, method_state, step, config, *, total_steps) -> method_state
+      After the optimizer step: EMA of target params (tau scheduled over
+      ``total_steps``), queue push, ... ``step`` counts steps taken (>= 1).
 
 Adding a method = one module here, its name in ``_METHODS``, a config, a test.
 """

@@ -106,7 +106,7 @@ def _embedding_stats(z, axis_name):
   return {"embedding_std": jnp.mean(std)}
 
 
-def post_update(params, batch_stats, method_state, step, config):
+def post_update(params, batch_stats, method_state, step, config, *, total_steps):
   """SimCLR has no post-update state."""
-  del params, batch_stats, step, config
+  del params, batch_stats, step, config, total_steps
   return method_state
