@@ -11,9 +11,6 @@ on a 1-D mesh, with the state donated.
 from __future__ import annotations
 
 import functools
-import json
-import os
-import sys
 import time
 from typing import Any, Iterator
 
@@ -185,8 +182,7 @@ def _init_from(state: TrainState, path: str) -> TrainState:
       raise
     raise ValueError(f"config.init_from={path!r} holds a different parameter tree than this "
                      f"model ({e}); the model/method configs differ.") from e
-  return state.replace(params=params, batch_stats=batch_stats,
-                       opt_state=state.opt_state)
+  return state.replace(params=params, batch_stats=batch_stats)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
