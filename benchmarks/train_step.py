@@ -1,0 +1,154 @@
+r"""Throughput, FLOPs, memory and MFU of the compiled train step.
+
+For each method x depth x batch size: images/s, ms/step, compile time, model
+FLOPs per step (XLA cost analysis of the compiled step), MFU against a float32
+matrix-multiply ceiling measured in the same run on the same devices, and
+memory (XLA's memory analysis of the step, host peak RSS). Prints a Markdown
+table and writes JSON.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 \
+      python benchmarks/train_step.py --methods=simclr --depths=18 --batch_sizes=256
+
+By default it uses one XLA device per CPU core (what ``python -m ssl_jax.main``
+does). Images are synthetic uint8 of the config's size; augmentation runs
+inside the step, as in training.
+"""
+
+from __future__ import annotations
+
+import os
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={os.cpu_count() or 1}")
+
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from ssl_jax import methods  # noqa: E402
+from ssl_jax import optim  # noqa: E402
+from ssl_jax import train  # noqa: E402
+from ssl_jax.parallel import BATCH_AXIS, make_mesh  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_METHODS = flags.DEFINE_list("methods", ["simclr"], "Methods to benchmark.")
+_DEPTHS = flags.DEFINE_list("depths", ["18"], "ResNet depths.")
+_BATCHES = flags.DEFINE_list("batch_sizes", ["256"], "Global batch sizes.")
+_WIDTH = flags.DEFINE_integer("base_width", 64, "ResNet base width (64 = the standard model).")
+_VARIANT = flags.DEFINE_string("variant", "cifar10", "Config variant (sets stem, view size).")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
+_OUT = flags.DEFINE_string("out", "", "JSON output path (default: print only).")
+
+
+def load_config(method: str, variant: str):
+  spec = importlib.util.spec_from_file_location(method, os.path.join(REPO, "configs",
+                                                                     f"{method}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def matmul_ceiling(mesh, n: int = 2048, repeats: int = 5) -> float:
+  """Measured float32 FLOP/s of a data-parallel [n, n] x [n, n] matmul on every device."""
+  sharding = NamedSharding(mesh, P(BATCH_AXIS))
+  a = jax.device_put(jnp.ones((mesh.size * n, n), jnp.float32), sharding)
+  b = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(jax.shard_map(lambda x, y: x @ y, mesh=mesh, in_specs=(P(BATCH_AXIS), P()),
+                            out_specs=P(BATCH_AXIS)))
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2 * mesh.size * n ** 3 / min(times)
+
+
+def bench_one(method_name, depth, batch_size, mesh, ceiling):
+  config = load_config(method_name, _VARIANT.value)
+  config.model.depth = depth
+  config.model.base_width = _WIDTH.value
+  config.batch_size = batch_size
+  method = methods.get_method(method_name)
+  config.optim.warmup_epochs = 0.0
+  tx, schedule = optim.make_optimizer(config.optim, total_steps=1000, steps_per_epoch=100,
+                                      batch_size=batch_size)
+  state = train.create_train_state(config, method, tx, mesh)
+  recipes = method.view_recipes(config)
+  step = train.compile_train_step(mesh, method=method, config=config, recipes=recipes, tx=tx,
+                                  schedule=schedule, total_steps=1000)
+  size = config.data.image_size
+  sharding = NamedSharding(mesh, P(BATCH_AXIS))
+  images = jax.device_put(
+      np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+      sharding)
+  batch = {"image": images}
+
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # cost_analysis of a shard_map program is per device: scale to all devices.
+  flops = float(cost.get("flops", 0.0)) * mesh.size
+  mem = compiled.memory_analysis()
+  xla_bytes = None
+  if mem is not None:
+    xla_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes +
+                 mem.temp_size_in_bytes - mem.alias_size_in_bytes) * mesh.size
+
+  state, metrics = compiled(state, batch)           # warm-up
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(_STEPS.value):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+  return {
+      "method": method_name, "depth": depth, "base_width": _WIDTH.value,
+      "batch": batch_size, "image": size, "devices": mesh.size,
+      "ms_per_step": 1e3 * step_s, "images_per_sec": batch_size / step_s,
+      "compile_s": compile_s, "gflops_per_step": flops / 1e9,
+      "mfu": flops / step_s / ceiling if flops else float("nan"),
+      "xla_memory_mb": xla_bytes / 2 ** 20 if xla_bytes is not None else float("nan"),
+      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  }
+
+
+def main(argv):
+  del argv
+  mesh = make_mesh()
+  ceiling = matmul_ceiling(mesh)
+  rows = [bench_one(m, int(d), int(b), mesh, ceiling)
+          for m in _METHODS.value for d in _DEPTHS.value for b in _BATCHES.value]
+  print(f"\n{mesh.size} x {jax.devices()[0].platform} devices; matmul ceiling "
+        f"{ceiling / 1e9:.1f} GFLOP/s (float32, measured in this run)\n")
+  cols = ["method", "depth", "base_width", "batch", "image", "images_per_sec", "ms_per_step",
+          "compile_s", "gflops_per_step", "mfu", "xla_memory_mb", "peak_rss_mb"]
+  print("| " + " | ".join(cols) + " |")
+  print("|" + "---|" * len(cols))
+  for r in rows:
+    print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])
+                            for c in cols) + " |")
+  if _OUT.value:
+    with open(_OUT.value, "w", encoding="utf-8") as f:
+      json.dump({"ceiling_flops": ceiling, "rows": rows}, f, indent=2)
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  app.run(main)
