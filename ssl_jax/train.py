@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 from ssl_jax import augment
 from ssl_jax import checkpoint
 from ssl_jax import data
+from ssl_jax import diagnostics
 from ssl_jax import evaluate
 from ssl_jax import metrics_io
 from ssl_jax import methods
@@ -245,6 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       start_step=start_step, crop_recipes=recipes if info.image_shape is None else None)
   progress = metrics_io.progress_bar(total_steps, start_step, enabled=jax.process_index() == 0)
   pending, last_log_time, last_log_step = [], time.perf_counter(), start_step
+  collapse_warned = False
   end_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
   for step in range(start_step, end_step):
     state, metrics = step_fn(state, _put_batch(next(batches), sharding))
@@ -264,6 +266,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             f"Loss is {logged['loss']} at step {done}; stopping without saving this state. "
             f"The last good checkpoint is step {manager.latest_step()}. Lower "
             "config.optim.base_learning_rate or check the data.")
+      warning = diagnostics.collapse_warning(logged)
+      if warning and not collapse_warned:
+        logging.warning("Step %d: %s", done, warning)
+        collapse_warned = True
       logged.update(images_per_sec=config.batch_size / step_time, ms_per_step=1e3 * step_time)
       writer.write(done, logged)
       progress.update(done - progress.n)

@@ -11,11 +11,11 @@ views of all devices, as in the reference TF implementation.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax import augment
+from ssl_jax import diagnostics
 from ssl_jax import losses
 from ssl_jax.models import encoder as encoder_lib
 from ssl_jax.models import heads
@@ -87,23 +87,8 @@ def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name)
   z = z.astype(jnp.float32)
   z_1, z_2 = z[:n], z[n:]
   loss = losses.nt_xent(z_1, z_2, config.simclr.temperature, axis_name=axis_name)
-  metrics = {"loss": loss, **_embedding_stats(z, axis_name)}
+  metrics = {"loss": loss, **diagnostics.collapse_metrics(z_1, z_2, axis_name)}
   return loss, (updated.get("batch_stats", {}), method_state, metrics)
-
-
-def _embedding_stats(z, axis_name):
-  """Collapse diagnostic: mean per-dimension std of l2-normalised embeddings.
-
-  1/sqrt(D) for well-spread embeddings, 0 under complete collapse.
-  """
-  z = jax.lax.stop_gradient(z)
-  z = z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-12)
-  mean = jnp.mean(z, axis=0)
-  sq = jnp.mean(jnp.square(z), axis=0)
-  if axis_name is not None:
-    mean, sq = jax.lax.pmean((mean, sq), axis_name)
-  std = jnp.sqrt(jnp.maximum(sq - jnp.square(mean), 0.0))
-  return {"embedding_std": jnp.mean(std)}
 
 
 def post_update(params, batch_stats, method_state, step, config, *, total_steps):
