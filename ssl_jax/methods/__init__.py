@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 import types
 
-_METHODS = ("simclr",)
+_METHODS = ("simclr", "byol", "mocov2", "simsiam", "mocov3")
 
 
 def get_method(name: str) -> types.ModuleType:
