@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -21,6 +22,14 @@ from ssl_jax import train
 from ssl_jax.parallel import make_mesh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Compiling the train step dominates these tests. A smoke run and a one-step
+# test of the same config lower to the same program (one_step uses the run's
+# schedule), so a persistent compilation cache, fresh per session, lets the
+# second one skip XLA's compile.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="ssl_jax_xla_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def load_config_module(name: str):
@@ -63,10 +72,14 @@ def random_batch(batch_size: int = 16, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8)
 
 
-def one_step(config, devices, batch, total_steps: int = 10):
-  """(state before, state after, metrics) of one train step on ``devices``, on the host."""
+def one_step(config, devices, batch):
+  """(state before, state after, metrics) of one train step on ``devices``, on the host.
+
+  The schedule is the one of a ``config.total_steps`` run (as in ``check_smoke``).
+  """
   mesh = make_mesh(devices)
   method = methods.get_method(config.method)
+  total_steps = config.total_steps
   tx, schedule = optim.make_optimizer(config.optim, total_steps=total_steps,
                                       steps_per_epoch=total_steps,
                                       batch_size=config.batch_size)
