@@ -23,6 +23,16 @@ import jax
 import jax.numpy as jnp
 
 
+# Floor on a vector's L2 norm before dividing (as torch.nn.functional.normalize).
+_NORM_EPS = 1e-12
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  """x / max(||x||, eps) along the last axis, in float32."""
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), _NORM_EPS)
+
+
 def ema_update(target: Any, online: Any, tau) -> Any:
   """``tau * target + (1 - tau) * online`` leaf by leaf, in the target's dtype.
 
