@@ -15,11 +15,6 @@ from ssl_jax.parallel import make_mesh
 import method_testing as mt
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def _tiny(data_dir, **overrides):
   return mt.tiny_config("mocov2", data_dir, **{
       "mocov2.projector_hidden_dim": 16, "mocov2.projection_dim": 8,

@@ -15,11 +15,6 @@ from ssl_jax.parallel import make_mesh
 import method_testing as mt
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def _tiny(data_dir, **overrides):
   return mt.tiny_config("mocov3", data_dir, **{
       "mocov3.projector_hidden_dim": 16, "mocov3.predictor_hidden_dim": 16,

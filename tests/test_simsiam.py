@@ -13,11 +13,6 @@ from ssl_jax.parallel import make_mesh
 import method_testing as mt
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def _tiny(data_dir, **overrides):
   return mt.tiny_config("simsiam", data_dir, **{
       "simsiam.projector_hidden_dim": 16, "simsiam.projection_dim": 16,
