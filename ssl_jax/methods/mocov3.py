@@ -92,10 +92,11 @@ def init(key, config, sample_images):
   query, _ = _networks(config, axis_name=None)
   variables = query.init(key, jnp.zeros((2, size, size, 3), jnp.float32), train=False)
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
-  copy = lambda tree: jax.tree.map(jnp.copy, {k: tree[k] for k in ("encoder", "projector")})
+  # The momentum encoder is the encoder + projector part (GN+WS encoders have no stats).
+  copy = lambda tree: jax.tree.map(
+      jnp.copy, {k: tree[k] for k in ("encoder", "projector") if k in tree})
   method_state = {
-      "momentum_encoder": {"params": copy(params),
-                           "batch_stats": copy(batch_stats) if batch_stats else {}},
+      "momentum_encoder": {"params": copy(params), "batch_stats": copy(batch_stats)},
       "momentum": jnp.asarray(config.mocov3.momentum_base, jnp.float32),
   }
   return params, batch_stats, method_state
