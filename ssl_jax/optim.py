@@ -73,6 +73,7 @@ _COMMON_FIELDS = (
     "end_learning_rate",
     "weight_decay",
     "grad_clip_norm",
+    "fixed_lr_params",
 )
 _SPECIFIC_FIELDS = {
     "lars": ("momentum", "trust_coefficient"),
@@ -80,7 +81,7 @@ _SPECIFIC_FIELDS = {
     "adamw": ("b1", "b2", "eps"),
     "lamb": ("b1", "b2", "eps"),
 }
-_OPTIONAL = {"end_learning_rate": 0.0, "grad_clip_norm": None}
+_OPTIONAL = {"end_learning_rate": 0.0, "grad_clip_norm": None, "fixed_lr_params": ()}
 
 # Leaf names that never get weight decay or LARS adaptation (flax linen names:
 # Conv/Dense 'bias'; BatchNorm/GroupNorm/LayerNorm 'scale' and 'bias').
@@ -237,6 +238,26 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(lambda path, _: _gets_decay(path), params)
 
 
+def _path_prefix(path: tuple[Any, ...]) -> str:
+  return "/".join(_key_name(k) for k in path)
+
+
+def fixed_lr_labels(params: Any, prefixes) -> Any:
+  """'fixed' for leaves whose '/'-joined path starts with one of ``prefixes``, else 'scheduled'.
+
+  A prefix matches whole path components: 'predictor' matches
+  'predictor/hidden_0/kernel', not 'predictor2/...'.
+  """
+  prefixes = tuple(p.strip("/") for p in prefixes)
+
+  def label(path, _):
+    name = _path_prefix(path)
+    fixed = any(name == p or name.startswith(p + "/") for p in prefixes)
+    return "fixed" if fixed else "scheduled"
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
 def default_optim_config(name: str = "lars") -> ml_collections.ConfigDict:
   """Default optimizer config for ``make_optimizer``; 'lars' is SimCLR's recipe.
 
@@ -262,6 +283,9 @@ def default_optim_config(name: str = "lars") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = name
   config.grad_clip_norm = config_dict.placeholder(float)  # None: no global-norm clipping.
+  # Path prefixes ('predictor', 'encoder/stem') whose learning rate is held at the
+  # peak value instead of following the schedule (SimSiam's predictor, Sec. 4.1).
+  config.fixed_lr_params = ()
   config.end_learning_rate = 0.0
   if name == "lars":
     config.base_learning_rate = 0.3  # SimCLR B.1: 0.3 x BatchSize / 256.
@@ -369,6 +393,13 @@ def make_optimizer(
     removes weight decay; optax.lamb applies the trust ratio (coefficient 1)
     to every parameter, as in the LAMB paper's Algorithm 2.
 
+  If ``fixed_lr_params`` names path prefixes (e.g. ``('predictor',)``), the
+  parameters under them get the same optimizer with a constant learning rate
+  equal to the schedule's peak (SimSiam, Chen & He 2021, Sec. 4.1: "the
+  predictor's lr is not decayed"), via ``optax.multi_transform``; the other
+  parameters follow the schedule. Optimizer state is per parameter in every
+  optimizer here, so the split changes nothing else.
+
   If ``grad_clip_norm`` is set, ``optax.clip_by_global_norm`` runs first, on the
   raw gradients (before weight decay). Under ``jax.shard_map`` the gradients of
   replicated params are already global, so the norm is the global one.
@@ -422,11 +453,33 @@ def make_optimizer(
         f"{e} (warmup_epochs={warmup_epochs} x steps_per_epoch={steps_per_epoch} = "
         f"{warmup_steps} warmup steps, total_steps={total_steps}).") from e
 
+  fixed = config["fixed_lr_params"] or ()
+  if isinstance(fixed, str) or not all(isinstance(p, str) and p for p in fixed):
+    raise ValueError(f"optim_config.fixed_lr_params must be a tuple of parameter path prefixes "
+                     f"such as ('predictor',), got {fixed!r}.")
+
+  def build(learning_rate):
+    return _base_optimizer(name, config, learning_rate, weight_decay)
+
+  if fixed:
+    tx = optax.multi_transform(
+        {"scheduled": build(schedule), "fixed": build(peak_lr)},
+        lambda params: fixed_lr_labels(params, fixed))
+  else:
+    tx = build(schedule)
+  if clip is not None:
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  return tx, schedule
+
+
+def _base_optimizer(name: str, config: dict[str, Any], learning_rate, weight_decay: float
+                    ) -> optax.GradientTransformation:
+  """The named optimizer with ``learning_rate`` (a schedule or a constant)."""
   if name == "lars":
     momentum = _check_number(config, "momentum", 0.0, 1.0)
     eta = _check_number(config, "trust_coefficient", 0.0, low_inclusive=False)
     tx = optax.lars(
-        learning_rate=schedule,
+        learning_rate=learning_rate,
         weight_decay=weight_decay,
         weight_decay_mask=decay_mask,
         trust_coefficient=eta,
@@ -439,7 +492,7 @@ def make_optimizer(
       raise ValueError(f"optim_config.nesterov must be a bool, got {config['nesterov']!r}.")
     tx = optax.chain(
         optax.add_decayed_weights(weight_decay, mask=decay_mask),
-        optax.sgd(learning_rate=schedule, momentum=momentum or None,
+        optax.sgd(learning_rate=learning_rate, momentum=momentum or None,
                   nesterov=config["nesterov"]),
     )
   else:
@@ -447,9 +500,7 @@ def make_optimizer(
     b2 = _check_number(config, "b2", 0.0, 1.0)
     eps = _check_number(config, "eps", 0.0)
     make = optax.adamw if name == "adamw" else optax.lamb
-    tx = make(learning_rate=schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+    tx = make(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
               mask=decay_mask)
 
-  if clip is not None:
-    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
-  return tx, schedule
+  return tx

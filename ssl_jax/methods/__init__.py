@@ -16,6 +16,12 @@ A method module defines (see ``simclr.py`` for the reference implementation)::
       After the optimizer step: EMA of target params (tau scheduled over
       ``total_steps``), queue push, ... ``step`` counts steps taken (>= 1).
 
+Methods that keep a target network or a queue (BYOL, MoCo v2/v3) hold it in
+``method_state`` as an explicit pytree; ``loss_fn`` may update it (the target's
+BN statistics from its forward pass, MoCo's queue push with the keys it just
+computed) and ``post_update`` applies the EMA. Their shared parts (EMA, cosine
+tau schedule, replicated gather, FIFO queue) are in ``common.py``.
+
 Adding a method = one module here, its name in ``_METHODS``, a config, a test.
 """
 
@@ -24,7 +30,7 @@ from __future__ import annotations
 import importlib
 import types
 
-_METHODS = ("simclr",)
+_METHODS = ("simclr", "byol", "mocov2", "simsiam", "mocov3")
 
 
 def get_method(name: str) -> types.ModuleType:
