@@ -32,20 +32,45 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_train  # noqa: E402  pylint: disable=g-import-not-at-top
 
-FOLDER_CLASSES = ["a", "b", "c", "d"]
+def write_colour_folder(root, colours, train_per_class, test_per_class, seed):
+  """An image folder (16x16 PNG) whose classes differ by colour: linearly separable."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  for split, count in (("train", train_per_class), ("test", test_per_class)):
+    for c, colour in enumerate(colours):
+      os.makedirs(os.path.join(root, split, f"class_{c}"))
+      for i in range(count):
+        image = np.clip(np.asarray(colour) + rng.integers(-8, 9, (16, 16, 3)), 0, 255)
+        Image.fromarray(image.astype(np.uint8)).save(
+            os.path.join(root, split, f"class_{c}", f"{i}.png"))
+  return root
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-  """(workdir, data_dir) holding a step-3 checkpoint of a tiny SimCLR on digits.
+def folders(tmp_path_factory):
+  """(pre-training folder: 4 classes, 24+8 per class; transfer folder: 3 classes)."""
+  a = write_colour_folder(str(tmp_path_factory.mktemp("folder_a")),
+                          [[220, 30, 30], [30, 220, 30], [30, 30, 220], [220, 220, 30]],
+                          24, 8, seed=0)
+  b = write_colour_folder(str(tmp_path_factory.mktemp("folder_b")),
+                          [[30, 220, 220], [220, 30, 220], [120, 120, 120]], 16, 8, seed=1)
+  return a, b
 
-  Written as the trainer writes it (state + meta, 8 devices) without compiling
-  a train step: the protocols only read the backbone. The trainer's own
-  outputs (feature_map.png) are checked in test_train's smoke run.
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, folders):
+  """(workdir, data_dir) holding a step-3 checkpoint of a tiny SimCLR on folder A.
+
+  Written as the trainer writes it (state + meta, from 8 devices) without
+  compiling a train step: the protocols only read the backbone (here at its
+  initialisation). The trainer's own outputs (feature_map.png) are checked in
+  test_train's smoke run.
   """
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   workdir = str(tmp_path_factory.mktemp("run"))
   config = test_train.tiny_config(data_dir, total_steps=3)
+  config.data.name = "image_folder"
+  config.data.folder = folders[0]
   method = methods.get_method(config.method)
   tx, _ = optim.make_optimizer(config.optim, total_steps=3, steps_per_epoch=3,
                                batch_size=config.batch_size)
@@ -56,22 +81,6 @@ def pretrained(tmp_path_factory):
   manager.wait_until_finished()
   manager.close()
   return workdir, data_dir
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-  """A 4-class image folder (16x16 PNG) whose classes differ by colour: separable."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  root = str(tmp_path_factory.mktemp("folder"))
-  colours = np.asarray([[220, 30, 30], [30, 220, 30], [30, 30, 220], [220, 220, 30]])
-  rng = np.random.default_rng(0)
-  for split, count in (("train", 24), ("test", 8)):
-    for name, colour in zip(FOLDER_CLASSES, colours):
-      os.makedirs(os.path.join(root, split, name))
-      for i in range(count):
-        image = np.clip(colour + rng.integers(-8, 9, (16, 16, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(os.path.join(root, split, name, f"{i}.png"))
-  return root
 
 
 def small_eval_config(**linear):
@@ -213,68 +222,76 @@ def test_knn_protocol_writes_json_and_markdown(pretrained):
   workdir, _ = pretrained
   record = evaluate.knn_protocol(workdir, small_eval_config())
   assert set(record["metrics"]) == {"top1_k20", "top1_k200"}
-  assert all(0.0 <= v <= 1.0 for v in record["metrics"].values())
-  with open(os.path.join(workdir, "eval", "knn_digits.json")) as f:
+  # Initial backbone, colour-separable classes: the neighbours share the colour.
+  assert record["metrics"]["top1_k20"] >= 0.9, record
+  with open(os.path.join(workdir, "eval", "knn_image_folder.json")) as f:
     saved = json.load(f)
-  assert saved["step"] == 3 and saved["seed"] == 0
+  assert saved["step"] == 3 and saved["seed"] == 0 and saved["devices"] == 8
   assert saved["checkpoint"].endswith(os.path.join("checkpoints", "3"))
   with open(os.path.join(workdir, "eval", "results.md")) as f:
     rows = [line for line in f if line.startswith("| knn |")]
   assert rows and "temperature=0.07" in rows[-1] and saved["checkpoint"] in rows[-1]
 
 
-def test_transfer_linear_lbfgs_and_sgd_on_separable_folder(pretrained, folder):
+def test_linear_lbfgs_and_sgd_learn_separable_folder(pretrained):
   workdir, _ = pretrained
-  record = evaluate.transfer_protocol(workdir, small_eval_config(), dataset="image_folder",
-                                      folder=folder)
-  assert record["settings"]["from"] == "digits"
-  assert record["settings"]["to"] == "image_folder"
-  # Random-init backbone (3 steps are not trained), 32 test images, 4 classes.
-  assert record["metrics"]["linear_top1"] >= 0.9, record
-  assert record["metrics"]["knn_top1_k20"] >= 0.9, record
+  lbfgs = evaluate.linear_protocol(workdir, small_eval_config(solver="lbfgs"))
+  assert lbfgs["settings"]["solver"] == "lbfgs"
+  assert lbfgs["metrics"]["top1"] >= 0.9, lbfgs
   sgd = evaluate.linear_protocol(
-      workdir, small_eval_config(solver="sgd", epochs=4, learning_rates=(1.0, 4.0)),
-      dataset="image_folder", folder=folder)
-  assert sgd["settings"]["solver"] == "sgd"
+      workdir, small_eval_config(solver="sgd", epochs=4, learning_rates=(1.0, 4.0)))
+  assert sgd["settings"]["solver"] == "sgd" and len(sgd["settings"]["lr_grid"]) == 2
   assert sgd["metrics"]["top1"] >= 0.9, sgd
   assert sgd["metrics"]["top5"] == 1.0
-  assert os.path.exists(os.path.join(workdir, "eval", "transfer_image_folder.json"))
 
 
-def test_finetune_and_semisup_on_folder(pretrained, folder):
+def test_transfer_to_another_dataset(pretrained, folders):
+  workdir, _ = pretrained
+  record = evaluate.transfer_protocol(workdir, small_eval_config(solver="lbfgs"),
+                                      dataset="image_folder", folder=folders[1])
+  assert record["settings"]["from"] == "image_folder"
+  assert record["metrics"]["linear_top1"] >= 0.9, record
+  assert record["metrics"]["knn_top1_k20"] > 0.5, record     # chance: 1/3
+  saved = results.read_result(workdir, "transfer", "image_folder")
+  assert saved["metrics"] == record["metrics"]
+
+
+def test_finetune_and_semisup(pretrained):
   workdir, _ = pretrained
   config = small_eval_config()
   config.finetune.epochs = 8
   config.finetune.learning_rate = 2.0
-  s = evaluate.setup(workdir, dataset="image_folder", folder=folder, batch_size=32)
+  s = evaluate.setup(workdir, batch_size=32)
   record = evaluate.finetune_protocol(workdir, config, setup=s)
-  assert record["settings"]["labelled"] == 96
+  assert record["settings"]["labelled"] == 96 and record["settings"]["steps"] == 24
   # It learns (cross-entropy starts at log 4 = 1.386 with the zero-init head) and
   # beats chance (0.25) at test with eval-mode BN after 24 steps.
   assert record["metrics"]["final_loss"] < 1.2, record
   assert record["metrics"]["top1"] > 0.3, record
-  config.semisup.fractions = (0.25,)
-  config.semisup.epochs = (1,)
+  # 1/3 of 96 = 8 per class = one batch of 32: the same compiled step.
+  config.semisup.fractions = (1 / 3,)
+  config.semisup.epochs = (2,)
   semi = evaluate.semisup_protocol(workdir, config, setup=s)
-  assert semi["settings"]["labelled_25pct"] == 24    # 6 per class
-  assert 0.0 <= semi["metrics"]["top1_25pct"] <= 1.0
+  tag = f"{100 / 3:g}pct"
+  assert semi["settings"][f"labelled_{tag}"] == 32
+  assert 0.0 <= semi["metrics"][f"top1_{tag}"] <= 1.0
 
 
-def test_cli_knn_on_two_devices(pretrained, tmp_path):
+def test_cli_knn_on_two_devices(pretrained):
   """Checkpoint written by 8 devices, evaluated by a 2-device process."""
-  workdir, data_dir = pretrained
+  workdir, _ = pretrained
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, "-m", "ssl_jax.evaluate", f"--workdir={workdir}", "--protocol=knn",
-       f"--data_dir={data_dir}", "--eval.knn.k=20", "--eval.batch_size=64", "--eval.seed=5"],
+       "--eval.knn.k=20", "--eval.batch_size=64", "--eval.seed=5"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("ssl_jax.evaluate ")][-1]
   out = json.loads(line[len("ssl_jax.evaluate "):])
   assert out["seed"] == 5 and set(out["metrics"]) == {"top1_k20"}
-  saved = results.read_result(workdir, "knn", "digits")
-  assert saved["devices"] == 2
+  saved = results.read_result(workdir, "knn", "image_folder")
+  assert saved["devices"] == 2 and saved["seed"] == 5
 
 
 def test_feature_map_pca_and_tsne(tmp_path):

@@ -13,11 +13,14 @@ deterministically from the seed (``common.class_balanced_subset``).
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
@@ -41,31 +44,23 @@ class Classifier(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head")(features)
 
 
-def finetune(s: features_lib.Setup, eval_config, train_images, train_y, test_images, test_y, *,
-             epochs: int) -> tuple[dict, dict]:
-  """(metrics, settings): fine-tunes on (train_images, train_y), tests on the test split."""
-  cfg = eval_config.finetune
-  seed = int(eval_config.seed)
-  num_classes = s.info.num_classes
-  batch = common.fit_batch_size(eval_config.batch_size, len(train_y), s.mesh.size)
-  steps = epochs * (len(train_y) // batch)
-  lr = float(cfg.learning_rate) * batch / 256
-  schedule = optax.cosine_decay_schedule(lr, max(1, steps))
-  parts = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay else []
-  tx = optax.chain(*parts, optax.sgd(schedule, momentum=cfg.momentum, nesterov=True))
+@functools.lru_cache(maxsize=8)
+def _compiled(model_json: str, num_classes: int, mesh, recipe, momentum: float,
+              weight_decay: float):
+  """(train step, test logits) compiled once per model/mesh/recipe/optimizer.
 
-  size = s.config.augment.size
-  train_model = Classifier(encoder_lib.build_encoder(s.config.model, BATCH_AXIS), num_classes)
-  eval_model = Classifier(encoder_lib.build_encoder(s.config.model), num_classes)
-  head = nn.Dense(num_classes, kernel_init=nn.initializers.zeros).init(
-      jax.random.key(seed), jnp.zeros((1, _probe_dim(s)), jnp.float32))["params"]
-  params = {"encoder": s.ckpt.params["encoder"], "head": head}
-  batch_stats = {"encoder": s.ckpt.batch_stats["encoder"]}
-  params, batch_stats = features_lib.replicate((params, batch_stats), s.mesh)
-  opt_state = features_lib.replicate(tx.init(params), s.mesh)
-  recipe = common.train_recipe(size, cfg.crop_scale)
+  The learning rate is an argument (the host evaluates the schedule), so runs
+  with other rates or lengths (the semisup fractions) reuse the compilation.
+  """
+  model_config = ml_collections.ConfigDict(json.loads(model_json))
+  size = recipe.size
+  train_model = Classifier(encoder_lib.build_encoder(model_config, BATCH_AXIS), num_classes)
+  eval_model = Classifier(encoder_lib.build_encoder(model_config), num_classes)
+  parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+  # SGD with Nesterov momentum is trace(momentum) then -lr: optax.sgd's own chain.
+  tx = optax.chain(*parts, optax.trace(decay=momentum, nesterov=True))
 
-  def step(params, batch_stats, opt_state, images, labels, key):
+  def step(params, batch_stats, opt_state, images, labels, key, learning_rate):
     views = common.augmented_views(key, images, recipe)
 
     def loss_fn(params):
@@ -76,27 +71,54 @@ def finetune(s: features_lib.Setup, eval_config, train_images, train_y, test_ima
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda u: -learning_rate * u, updates)
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
   step_fn = jax.jit(jax.shard_map(
-      step, mesh=s.mesh, in_specs=(P(), P(), P(), P(BATCH_AXIS), P(BATCH_AXIS), P()),
+      step, mesh=mesh, in_specs=(P(), P(), P(), P(BATCH_AXIS), P(BATCH_AXIS), P(), P()),
       out_specs=(P(), P(), P(), P())), donate_argnums=(0, 1, 2))
+
+  def logits(params, batch_stats, images):
+    return eval_model.apply({"params": params, "batch_stats": batch_stats},
+                            augment.center_view(images, size), train=False)
+
+  logits_fn = jax.jit(jax.shard_map(logits, mesh=mesh, in_specs=(P(), P(), P(BATCH_AXIS)),
+                                    out_specs=P(BATCH_AXIS)))
+  return tx, step_fn, logits_fn
+
+
+def finetune(s: features_lib.Setup, eval_config, train_images, train_y, test_images, test_y, *,
+             epochs: int) -> tuple[dict, dict]:
+  """(metrics, settings): fine-tunes on (train_images, train_y), tests on the test split."""
+  cfg = eval_config.finetune
+  seed = int(eval_config.seed)
+  num_classes = s.info.num_classes
+  batch = common.fit_batch_size(eval_config.batch_size, len(train_y), s.mesh.size)
+  steps = epochs * (len(train_y) // batch)
+  lr = float(cfg.learning_rate) * batch / 256
+  schedule = optax.cosine_decay_schedule(lr, max(1, steps))
+  recipe = common.train_recipe(s.config.augment.size, cfg.crop_scale)
+  tx, step_fn, logits_fn = _compiled(
+      json.dumps(s.config.model.to_dict(), sort_keys=True), num_classes, s.mesh, recipe,
+      float(cfg.momentum), float(cfg.weight_decay))
+
+  head = nn.Dense(num_classes, kernel_init=nn.initializers.zeros).init(
+      jax.random.key(seed), jnp.zeros((1, _probe_dim(s)), jnp.float32))["params"]
+  params = {"encoder": s.ckpt.params["encoder"], "head": head}
+  batch_stats = {"encoder": s.ckpt.batch_stats["encoder"]}
+  params, batch_stats = features_lib.replicate((params, batch_stats), s.mesh)
+  opt_state = features_lib.replicate(tx.init(params), s.mesh)
 
   root = jax.random.key(seed)
   losses = []
   train_idx = np.arange(len(train_y))
   for i, idx in enumerate(common.epoch_batches(train_idx, batch, seed, epochs)):
     images, labels = common.put(s.mesh, train_images[idx], train_y[idx])
-    params, batch_stats, opt_state, loss = step_fn(params, batch_stats, opt_state, images,
-                                                   labels, jax.random.fold_in(root, i))
+    params, batch_stats, opt_state, loss = step_fn(
+        params, batch_stats, opt_state, images, labels, jax.random.fold_in(root, i),
+        jnp.float32(schedule(i)))
     losses.append(loss)
 
-  def logits(p, bs, x):
-    return eval_model.apply({"params": p, "batch_stats": bs}, augment.center_view(x, size),
-                            train=False)
-
-  logits_fn = jax.jit(jax.shard_map(logits, mesh=s.mesh, in_specs=(P(), P(), P(BATCH_AXIS)),
-                                    out_specs=P(BATCH_AXIS)))
   scores = common.predict_in_batches(lambda x: logits_fn(params, batch_stats, x), s.mesh,
                                      test_images, s.config.eval_batch_size)
   losses = np.asarray(jax.device_get(losses))
