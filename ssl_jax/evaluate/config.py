@@ -39,10 +39,12 @@ def default_config() -> ml_collections.ConfigDict:
 
   # Fine-tuning of the whole network (SimCLR appendix B.5: Nesterov momentum
   # 0.9, lr 0.05 x B/256, no weight decay, no warm-up, crop + flip only;
-  # 60 epochs on 1%, 30 on 10% of ImageNet). Cosine decay here.
+  # 60 epochs on 1%, 30 on 10% of ImageNet). Cosine decay here. Before testing,
+  # the BN statistics are recomputed on this many train batches with the final
+  # weights (precise BN, Wu & Johnson 2021; 0: keep the running averages).
   c.finetune = ml_collections.ConfigDict(dict(
       learning_rate=0.05, epochs=5, momentum=0.9, weight_decay=0.0,
-      crop_scale=(0.08, 1.0)))
+      crop_scale=(0.08, 1.0), precise_bn_batches=10))
 
   # Semi-supervised: class-balanced labelled subsets (SimCLR Sec. 6 / B.5:
   # 1% and 10% of the train split, about 12.8 / 128 images per ImageNet class;

@@ -4,7 +4,9 @@ The pre-trained backbone plus a new linear head (zero-initialised) are trained
 end to end with their own schedule: SGD with Nesterov momentum, learning rate
 ``lr x B/256`` with cosine decay, random-resized crop + flip, BatchNorm in
 train mode with statistics over the global batch (cross-replica), as SimCLR's
-appendix B.5. Test: centre crop, eval-mode BN; top-1 and top-5.
+appendix B.5. Test: centre crop, eval-mode BN with statistics recomputed on
+train batches with the final weights (precise BN, Wu & Johnson 2021);
+top-1 and top-5.
 
 ``semisup`` is SimCLR's semi-supervised protocol (Sec. 6): fine-tune on 1% and
 10% class-balanced subsets of the labelled train split, chosen
@@ -84,7 +86,43 @@ def _compiled(model_json: str, num_classes: int, mesh, recipe, momentum: float,
 
   logits_fn = jax.jit(jax.shard_map(logits, mesh=mesh, in_specs=(P(), P(), P(BATCH_AXIS)),
                                     out_specs=P(BATCH_AXIS)))
-  return tx, step_fn, logits_fn
+
+  # Precise BN: with momentum 0 the "running" statistics are those of one
+  # global batch; the host averages them over several batches.
+  stats_model = Classifier(encoder_lib.build_encoder(
+      ml_collections.ConfigDict(dict(model_config.to_dict(), bn_momentum=0.0)), BATCH_AXIS),
+                           num_classes)
+
+  def batch_stats_of(params, batch_stats, images):
+    _, updated = stats_model.apply({"params": params, "batch_stats": batch_stats},
+                                   augment.center_view(images, size), train=True,
+                                   mutable=["batch_stats"])
+    return updated["batch_stats"]
+
+  stats_fn = jax.jit(jax.shard_map(batch_stats_of, mesh=mesh,
+                                   in_specs=(P(), P(), P(BATCH_AXIS)), out_specs=P()))
+  return tx, step_fn, logits_fn, stats_fn
+
+
+def precise_batch_stats(stats_fn, params, batch_stats, mesh, images: np.ndarray,
+                        batch_size: int, num_batches: int, seed: int):
+  """BN statistics recomputed with the final weights (Wu & Johnson 2021, "precise BN").
+
+  The EMA of the running statistics lags the weights when a short, high-lr
+  fine-tune moves them fast; averaging the statistics of ``num_batches``
+  global batches of (centre-cropped) train images with the final weights
+  removes that lag. Returns replicated batch_stats.
+  """
+  if num_batches <= 0 or len(images) < batch_size:
+    return batch_stats
+  order = np.random.default_rng((seed, 4)).permutation(len(images))
+  total, count = None, 0
+  for b in range(min(num_batches, len(images) // batch_size)):
+    (x,) = common.put(mesh, images[order[b * batch_size:(b + 1) * batch_size]])
+    stats = jax.device_get(stats_fn(params, batch_stats, x))
+    total = stats if total is None else jax.tree.map(np.add, total, stats)
+    count += 1
+  return features_lib.replicate(jax.tree.map(lambda t: t / count, total), mesh)
 
 
 def finetune(s: features_lib.Setup, eval_config, train_images, train_y, test_images, test_y, *,
@@ -98,7 +136,7 @@ def finetune(s: features_lib.Setup, eval_config, train_images, train_y, test_ima
   lr = float(cfg.learning_rate) * batch / 256
   schedule = optax.cosine_decay_schedule(lr, max(1, steps))
   recipe = common.train_recipe(s.config.augment.size, cfg.crop_scale)
-  tx, step_fn, logits_fn = _compiled(
+  tx, step_fn, logits_fn, stats_fn = _compiled(
       json.dumps(s.config.model.to_dict(), sort_keys=True), num_classes, s.mesh, recipe,
       float(cfg.momentum), float(cfg.weight_decay))
 
@@ -119,6 +157,8 @@ def finetune(s: features_lib.Setup, eval_config, train_images, train_y, test_ima
         jnp.float32(schedule(i)))
     losses.append(loss)
 
+  batch_stats = precise_batch_stats(stats_fn, params, batch_stats, s.mesh, train_images, batch,
+                                    int(cfg.precise_bn_batches), seed)
   scores = common.predict_in_batches(lambda x: logits_fn(params, batch_stats, x), s.mesh,
                                      test_images, s.config.eval_batch_size)
   losses = np.asarray(jax.device_get(losses))
@@ -128,7 +168,8 @@ def finetune(s: features_lib.Setup, eval_config, train_images, train_y, test_ima
   settings = {"optimizer": "sgd nesterov", "lr": lr, "momentum": cfg.momentum,
               "weight_decay": cfg.weight_decay, "schedule": "cosine", "epochs": epochs,
               "batch_size": batch, "steps": steps, "labelled": len(train_y),
-              "bn": "train mode, global batch", "train": "random-resized crop + flip",
+              "bn": "train mode, global batch", "precise_bn_batches": cfg.precise_bn_batches,
+              "train": "random-resized crop + flip",
               "test": "centre crop"}
   return metrics, settings
 
