@@ -33,8 +33,9 @@ def _fmt(value) -> str:
 
 
 def markdown_row(record: dict) -> str:
-  """One table row: protocol, dataset, metrics (in %), settings, checkpoint, step, seed."""
-  metrics = ", ".join(f"{k} {100 * v:.2f}" if isinstance(v, float) and 0 <= v <= 1
+  """One table row: protocol, dataset, metrics (accuracies in %), settings, checkpoint, step,
+  seed, date."""
+  metrics = ", ".join(f"{k} {100 * v:.2f}%" if "top" in k and isinstance(v, float)
                       else f"{k} {_fmt(v)}" for k, v in record["metrics"].items())
   settings = ", ".join(f"{k}={_fmt(v)}" for k, v in record["settings"].items())
   return (f"| {record['protocol']} | {record['dataset']} | {metrics} | {settings} | "
