@@ -83,23 +83,39 @@ def _resolve(path: str) -> tuple[str, int]:
       f"'{CHECKPOINT_DIR}/<step>/'), its '{CHECKPOINT_DIR}' directory, or one step directory.")
 
 
-def restore_raw(path: str) -> tuple[dict, dict, int]:
+def restore_raw(path: str, sharding: jax.sharding.Sharding | None = None
+                ) -> tuple[dict, dict, int]:
   """(state as nested dicts of host arrays, meta, step) from any checkpoint path.
 
-  Used where the optimizer structure is unknown or irrelevant: ``init_from``
-  and ``load_encoder`` only need params and batch statistics. Works whatever
-  the device topology that wrote the checkpoint (8 devices, 2 hosts, a pod):
-  every array is restored whole onto this process's first local device, with
-  shapes and dtypes from the checkpoint's own metadata.
+  Used where the optimizer structure is unknown or irrelevant: ``init_from``,
+  ``load_encoder`` and the evaluation protocols only need params and batch
+  statistics. Works whatever topology wrote the checkpoint (8 devices, a pod
+  slice, one CPU): the abstract target is built from the checkpoint's own
+  metadata (shapes and dtypes) with ``sharding`` for every array, so orbax
+  never tries to recreate the saving mesh.
+
+  Args:
+    path: a workdir, its ``checkpoints`` directory or one step directory.
+    sharding: where each (whole) array is restored; default the first local
+      device. Every state array is replicated in training, so each process
+      restores all of it.
   """
   directory, step = _resolve(path)
-  step_dir = os.path.join(directory, str(step))
-  checkpointer = ocp.StandardCheckpointer()
-  tree = checkpointer.metadata(os.path.join(step_dir, "state")).item_metadata
-  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), tree)
-  state = jax.device_get(checkpointer.restore(os.path.join(step_dir, "state"), target))
-  checkpointer.close()
-  with ocp.CheckpointManager(directory) as manager:
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  return state, meta, step
+  if sharding is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def target(leaf):
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+      return jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=sharding)
+    return leaf
+
+  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
+    metadata = manager.item_metadata(step)["state"]
+    tree = getattr(metadata, "tree", metadata)
+    abstract = jax.tree.map(target, tree)
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                      meta=ocp.args.JsonRestore()))
+  state = jax.tree.map(jax.device_get, restored["state"])
+  return state, restored["meta"], step

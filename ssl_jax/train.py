@@ -28,6 +28,7 @@ from ssl_jax import checkpoint
 from ssl_jax import data
 from ssl_jax import diagnostics
 from ssl_jax import evaluate
+from ssl_jax.evaluate import plots
 from ssl_jax import metrics_io
 from ssl_jax import methods
 from ssl_jax import microbatch
@@ -199,7 +200,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Args:
     config: the run config (see ``configs/``).
-    workdir: checkpoints, metrics.jsonl, TensorBoard events, curves.png.
+    workdir: checkpoints, metrics.jsonl, TensorBoard events, curves.png,
+      feature_map.png (written when the run finishes).
     stop_at_step: stop early at this step with a checkpoint, as a preempted
       run would; the schedule is still the one of the whole run.
   """
@@ -286,6 +288,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if knn_every and end_step == total_steps > start_step:
     results["knn_top1"] = run_knn(total_steps)
   progress.close()
+  if end_step == total_steps > start_step and jax.process_count() == 1:
+    # The 2-D PCA map of the test features (at most plots.MAX_POINTS of them).
+    plots.write_feature_map(workdir, config, state.params, state.batch_stats, mesh,
+                            step=total_steps)
   manager.wait_until_finished()
   manager.close()
   writer.close(plot=True)

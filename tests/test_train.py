@@ -72,6 +72,7 @@ def test_smoke_loss_falls_and_checkpoint_written(data_dir, tmp_path, monkeypatch
   for key in ("learning_rate", "images_per_sec", "ms_per_step"):
     assert key in read_metrics(str(tmp_path))[-1] or key in read_metrics(str(tmp_path))[-2]
   assert os.path.exists(tmp_path / "curves.png")
+  assert os.path.getsize(tmp_path / "feature_map.png") > 0   # PCA map of the test features
 
 
 def _one_step(config, devices, batch):
