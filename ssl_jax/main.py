@@ -33,6 +33,11 @@ def main(argv):
   # Imported here so `--help` and flag errors do not pay for JAX/TF start-up.
   from ssl_jax import train  # pylint: disable=g-import-not-at-top
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if results.get("preempted"):
+    # A clean exit (status 0): the scheduler restarts the same command, which resumes.
+    print(f"ssl_jax preempted: checkpoint of step {results.get('step')} saved in "
+          f"{_WORKDIR.value}; rerun the same command to resume.", flush=True)
+    return
   logging.info("Final metrics: %s", results)
   summary = [f"step {results.get('step')}", f"loss {results.get('loss', float('nan')):.4f}"]
   if "knn_top1" in results:

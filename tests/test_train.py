@@ -23,11 +23,6 @@ sys.path.insert(0, os.path.join(REPO, "configs"))
 import simclr as simclr_config  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def tiny_config(data_dir, **overrides):
   c = simclr_config.get_config("digits")
   c.data.data_dir = data_dir
