@@ -500,3 +500,83 @@ def test_full_disk_fails_before_compile(data_dir, reference_run, tmp_path, no_co
   with pytest.raises(ValueError, match="only 0.0 MiB free"):
     train.train_and_evaluate(stand_in_config(data_dir), workdir)
   assert steps_on_disk(workdir) == [2, 4, 6, 8]
+
+
+# --- Bad data: corrupt images, 16-bit images, empty folders, missing splits -----------------
+
+import logging  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+from PIL import Image  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+from ssl_jax import data  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from ssl_jax.data import builders  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import tiny_datasets as tiny  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _folder_with_corrupt_jpegs(root, variable_size):
+  """2 classes x 4 train JPEGs (+ 1 test each); two train files damaged."""
+  sizes = [(12, 10), (9, 14)] if variable_size else None
+  tiny.write_image_folder(str(root), ["a", "b"], {"train": 4, "test": 1}, fmt="jpeg",
+                          sizes=sizes)
+  truncated = root / "train" / "a" / "00001.jpg"
+  truncated.write_bytes(truncated.read_bytes()[:len(truncated.read_bytes()) // 2])
+  garbage = root / "train" / "b" / "00006.jpg"
+  garbage.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all" * 4)
+  return [str(truncated), str(garbage)]
+
+
+def _folder_config(root, data_dir, **fields):
+  config = data.default_data_config("image_folder")
+  config.folder = str(root)
+  config.data_dir = str(data_dir)
+  for key, value in fields.items():
+    config[key] = value
+  return config
+
+
+@pytest.mark.parametrize("variable_size", [False, True], ids=["fixed_size", "variable_size"])
+def test_corrupt_jpegs_skipped_with_warning_and_count(tmp_path, caplog, variable_size):
+  bad = _folder_with_corrupt_jpegs(tmp_path / "photos", variable_size)
+  with caplog.at_level(logging.WARNING):
+    info = data.dataset_info(_folder_config(tmp_path / "photos", tmp_path / "tfds"))
+  assert info.train_size == 8 - 2 and info.eval_test_size == 2
+  messages = [r.getMessage() for r in caplog.records]
+  for path in bad:
+    assert any(path in m and "cannot be decoded" in m for m in messages), messages
+  assert any("skipped 2 undecodable image(s) of 8 in split 'train'" in m for m in messages)
+
+
+def test_corrupt_jpeg_is_an_error_by_config(tmp_path):
+  bad = _folder_with_corrupt_jpegs(tmp_path / "photos", variable_size=False)
+  config = _folder_config(tmp_path / "photos", tmp_path / "tfds", corrupt_images="error")
+  with pytest.raises(ValueError, match="cannot be decoded") as error:
+    data.dataset_info(config)
+  assert bad[0] in str(error.value) or bad[1] in str(error.value)
+  assert "corrupt_images='skip'" in str(error.value)
+
+
+def test_16_bit_and_rgba_images_are_converted(tmp_path):
+  grey16 = tmp_path / "grey16.png"
+  Image.fromarray(np.full((4, 5), 40000, np.uint16)).save(grey16)
+  rgba = tmp_path / "rgba.png"
+  Image.fromarray(np.full((4, 5, 4), [10, 20, 30, 0], np.uint8), "RGBA").save(rgba)
+  image = builders.load_rgb(str(grey16))
+  assert image.dtype == np.uint8 and image.shape == (4, 5, 3)
+  np.testing.assert_array_equal(image, 40000 // 256)  # scaled, not clipped at 255
+  np.testing.assert_array_equal(builders.load_rgb(str(rgba)), np.full((4, 5, 3), [10, 20, 30]))
+  from ssl_jax.data import crops  # pylint: disable=g-import-not-at-top
+  np.testing.assert_array_equal(crops.decode(grey16.read_bytes()), 40000 // 256)
+
+
+def test_empty_class_folder_warns_and_empty_split_is_missing(tmp_path, caplog):
+  root = tmp_path / "photos"
+  tiny.write_image_folder(str(root), ["a", "b"], {"train": 2, "test": 1})
+  os.makedirs(root / "train" / "empty_class")
+  os.makedirs(root / "val" / "a")  # a split folder with only an empty class folder
+  with caplog.at_level(logging.WARNING):
+    info = data.dataset_info(_folder_config(root, tmp_path / "tfds"))
+  assert info.num_classes == 3 and info.train_size == 4
+  messages = " ".join(r.getMessage() for r in caplog.records)
+  assert str(root / "train" / "empty_class") in messages and "has no images" in messages
+  with pytest.raises(ValueError, match=r"has no split 'val' \(splits: \['test', 'train'\]\)"):
+    data.dataset_info(_folder_config(root, tmp_path / "tfds", eval_test_split="val"))
