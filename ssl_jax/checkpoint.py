@@ -97,8 +97,11 @@ def array_checksums(tree: Any) -> dict[str, list]:
   """``{leaf name: [crc32 of its bytes, shape, dtype]}`` of a pytree of host arrays."""
   sums = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    array = np.asarray(leaf)  # .tobytes() is C-ordered whatever the layout
-    sums[_leaf_name(path)] = [zlib.crc32(array.tobytes()), list(array.shape), str(array.dtype)]
+    array = np.asarray(leaf)
+    # The C-ordered bytes, without a copy when already contiguous (CRC-32 runs
+    # at ~1 GB/s: well under a second for a ResNet-50 state with its momentum).
+    crc = zlib.crc32(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    sums[_leaf_name(path)] = [crc, list(array.shape), str(array.dtype)]
   return sums
 
 

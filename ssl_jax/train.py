@@ -227,10 +227,6 @@ def _config_errors(config) -> list[str]:
   if config.data.corrupt_images not in ("skip", "error"):
     errors.append(f"config.data.corrupt_images={config.data.corrupt_images!r}: use 'skip' "
                   "or 'error'.")
-  if config.init_from and "://" not in config.init_from and not os.path.exists(
-      config.init_from):
-    errors.append(f"config.init_from={config.init_from!r}: no such path; point it at the "
-                  "workdir of a finished run, or set it to ''.")
   if not errors and method in methods._METHODS:  # pylint: disable=protected-access
     try:
       methods.get_method(method).view_recipes(config)
@@ -432,6 +428,11 @@ def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNot
     _check_data_position(meta, config)
     logging.info("Resumed from %s at step %d.", manager.directory, int(state.step))
   elif config.init_from:
+    # Checked here, not in validate_config: a run that resumes from its own
+    # checkpoint no longer needs init_from (its source may be gone).
+    if "://" not in config.init_from and not os.path.exists(config.init_from):
+      raise ValueError(f"config.init_from={config.init_from!r}: no such path; point it at the "
+                       "workdir of a finished run, or set it to ''.")
     state = _init_from(state, config.init_from)
   start_step = int(state.step)
 

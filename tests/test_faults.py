@@ -261,6 +261,16 @@ def _strip_checksums(step_dir):
     json.dump(meta, f)
 
 
+def _silently_changed_array(step_dir):
+  """Bytes that differ from what was written though every file reads back cleanly."""
+  path = os.path.join(step_dir, "meta", "metadata")
+  with open(path) as f:
+    meta = json.load(f)
+  meta["checksums"]["params/w"][0] ^= 1
+  with open(path, "w") as f:
+    json.dump(meta, f)
+
+
 def _empty_state(step_dir):
   shutil.rmtree(os.path.join(step_dir, "state"))
   os.makedirs(os.path.join(step_dir, "state"))
@@ -268,7 +278,8 @@ def _empty_state(step_dir):
 
 DAMAGE = {"truncated_array_file": _truncate, "flipped_bytes": _flip_bytes,
           "missing_meta": _remove_meta, "missing_state_metadata": _remove_state_metadata,
-          "meta_without_checksums": _strip_checksums, "half_written_step_dir": _empty_state}
+          "meta_without_checksums": _strip_checksums, "half_written_step_dir": _empty_state,
+          "silently_changed_array": _silently_changed_array}
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -437,8 +448,6 @@ STATIC_CASES = {
     "unknown_augment_preset": (_set("augment.preset", "simclr_typo"), "config.augment:"),
     "bad_corrupt_policy": (_set("data.corrupt_images", "ignore"),
                            "config.data.corrupt_images='ignore'"),
-    "init_from_missing": (_set("init_from", "/nonexistent/run"),
-                          "config.init_from='/nonexistent/run': no such path"),
 }
 
 
@@ -483,6 +492,12 @@ def test_bad_config_for_the_data_fails_before_compile(data_dir, reference_run, t
   with pytest.raises(error, match=expected.replace("[", r"\[").replace("]", r"\]")):
     train.train_and_evaluate(stand_in_config(data_dir, **overrides), workdir)
   assert steps_on_disk(workdir) == before
+
+
+def test_missing_init_from_fails_before_compile(data_dir, tmp_path, no_compile, stand_in):
+  with pytest.raises(ValueError, match="config.init_from='/nonexistent/run': no such path"):
+    train.train_and_evaluate(stand_in_config(data_dir, init_from="/nonexistent/run"),
+                             str(tmp_path / "fresh"))
 
 
 def test_unwritable_workdir_fails_before_compile(data_dir, tmp_path, no_compile):
@@ -580,3 +595,11 @@ def test_empty_class_folder_warns_and_empty_split_is_missing(tmp_path, caplog):
   assert str(root / "train" / "empty_class") in messages and "has no images" in messages
   with pytest.raises(ValueError, match=r"has no split 'val' \(splits: \['test', 'train'\]\)"):
     data.dataset_info(_folder_config(root, tmp_path / "tfds", eval_test_split="val"))
+
+
+def test_offline_dataset_fails_before_compile(tmp_path, no_compile):
+  config = stand_in_config(str(tmp_path / "empty_tfds"))
+  config.data = data.default_data_config("cifar10")
+  config.data.data_dir = str(tmp_path / "empty_tfds")
+  with tiny.no_network(), pytest.raises(RuntimeError, match="cannot be reached"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
