@@ -276,23 +276,33 @@ def restore_raw(path: str) -> tuple[dict, dict, int]:
   """(state as nested dicts of host arrays, meta, step) from any checkpoint path.
 
   Used where the optimizer structure is unknown or irrelevant: ``init_from``
-  and ``load_encoder`` only need params and batch statistics. The newest
-  checkpoint whose checksums match is used; damaged ones are skipped with a
-  warning (and left where they are: this is a read-only use).
+  and ``load_encoder`` only need params and batch statistics. Works whatever
+  the device topology that wrote the checkpoint (8 devices, 2 hosts, a pod):
+  every array is restored whole onto this process's first local device, with
+  shapes and dtypes from the checkpoint's own metadata. The newest checkpoint
+  whose checksums match is used; damaged ones are skipped with a warning (and
+  left where they are: this is a read-only use).
   """
   directory, steps = _resolve(path)
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   errors = []
-  with ocp.CheckpointManager(directory) as manager:
-    for step in steps:
-      where = f"checkpoint {os.path.join(directory, str(step))}"
+  for step in steps:
+    step_dir = os.path.join(directory, str(step))
+    where = f"checkpoint {step_dir}"
+    try:
+      checkpointer = ocp.StandardCheckpointer()
       try:
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                          meta=ocp.args.JsonRestore()))
-        state = jax.tree.map(jax.device_get, restored["state"])
-        verify(state, restored["meta"], where)
-        return state, restored["meta"], step
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Skipping damaged %s: %s", where, e)
-        errors.append(f"{where}: {e}")
+        tree = checkpointer.metadata(os.path.join(step_dir, "state")).item_metadata
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), tree)
+        state = jax.device_get(checkpointer.restore(os.path.join(step_dir, "state"), target))
+      finally:
+        checkpointer.close()
+      with ocp.CheckpointManager(directory) as manager:
+        meta = read_meta(manager, step)
+      verify(state, meta, where)
+      return state, meta, step
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("Skipping damaged %s: %s", where, e)
+      errors.append(f"{where}: {e}")
   raise CheckpointDamagedError(f"No intact checkpoint at {path!r}: " + "; ".join(errors))

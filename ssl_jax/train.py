@@ -35,6 +35,7 @@ from ssl_jax import diagnostics
 from ssl_jax import evaluate
 from ssl_jax import metrics_io
 from ssl_jax import methods
+from ssl_jax import microbatch
 from ssl_jax import optim
 from ssl_jax.parallel import BATCH_AXIS, make_mesh
 
@@ -100,12 +101,9 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
   views = augment.views(example_keys, images, recipes)
   loss_key = jax.random.fold_in(loss_key, jax.lax.axis_index(axis_name))
 
-  def loss_fn(params):
-    return method.loss_fn(params, state.batch_stats, state.method_state, views, loss_key,
-                          config=config, axis_name=axis_name)
-
-  (loss, (batch_stats, method_state, metrics)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  (loss, (batch_stats, method_state, metrics)), grads = microbatch.value_and_grad(
+      method, state.params, state.batch_stats, state.method_state, views, loss_key,
+      config=config, axis_name=axis_name, num_chunks=config.get("microbatches", 1))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   method_state = method.post_update(params, batch_stats, method_state, state.step + 1, config,
@@ -207,6 +205,10 @@ def _config_errors(config) -> list[str]:
   if config.eval_batch_size <= 0 or config.eval_batch_size % n:
     errors.append(f"config.eval_batch_size={config.eval_batch_size} must be a positive "
                   f"multiple of the {n} devices.")
+  microbatches = config.get("microbatches", 1)
+  if microbatches < 1 or (config.batch_size > 0 and (config.batch_size // n) % microbatches):
+    errors.append(f"config.microbatches={microbatches} must divide each device's batch "
+                  f"(batch_size / devices = {config.batch_size // n}).")
   if config.total_steps < 0 or config.total_epochs < 0 or not (
       config.total_steps or config.total_epochs):
     errors.append("config.total_epochs / config.total_steps: set one of them > 0 (total_steps "

@@ -25,5 +25,5 @@ def devices():
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-  """A per-session TFDS data_dir (the offline digits dataset is built into it on first use)."""
+  """A TFDS data_dir for the session; the offline digits dataset is built into it on first use."""
   return str(tmp_path_factory.mktemp("tfds"))

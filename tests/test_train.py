@@ -95,6 +95,22 @@ def test_one_step_8_devices_equals_1_device(data_dir):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), bs8, bs1)
 
 
+def test_bfloat16_step_tracks_float32(data_dir):
+  """config.model.dtype='bfloat16': bf16 compute, float32 params/stats/loss, loss close."""
+  rng = np.random.default_rng(1)
+  batch = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+  p32, _, m32 = _one_step(tiny_config(data_dir, batch_size=16), jax.devices(), batch)
+  p16, bs16, m16 = _one_step(tiny_config(data_dir, batch_size=16, **{"model.dtype": "bfloat16"}),
+                             jax.devices(), batch)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves((p16, bs16)))
+  assert m16["loss"].dtype == np.float32
+  # bf16's 8-bit mantissa: the loss agrees to a few parts in a thousand, not exactly.
+  rel = abs(float(m16["loss"]) - float(m32["loss"])) / abs(float(m32["loss"]))
+  assert 0 < rel < 1e-2, rel
+  drift = [np.max(np.abs(a - b)) for a, b in zip(jax.tree.leaves(p16), jax.tree.leaves(p32))]
+  assert max(drift) < 5e-2
+
+
 def test_resume_is_bitwise_equal(data_dir, tmp_path):
   k = 3
   straight = train.train_and_evaluate(tiny_config(data_dir, total_steps=2 * k),
