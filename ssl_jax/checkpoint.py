@@ -110,12 +110,19 @@ def _abstract_signature(tree: Any) -> dict[str, list]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _host_copy(x):
+  """A host copy of a (replicated) array; works on every process of a multi-host job."""
+  if isinstance(x, jax.Array) and x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  return jax.device_get(x)
+
+
 def verify(tree: Any, meta: dict, where: str) -> None:
   """Raises ``CheckpointDamagedError`` unless ``tree``'s arrays match ``meta``'s checksums."""
   expected = meta.get(CHECKSUMS) if isinstance(meta, dict) else None
   if not expected:
     raise CheckpointDamagedError(f"{where}: its metadata has no array checksums")
-  actual = array_checksums(jax.device_get(tree))
+  actual = array_checksums(jax.tree.map(_host_copy, tree))
   if set(actual) != set(expected):
     missing = sorted(set(expected) - set(actual))[:3]
     extra = sorted(set(actual) - set(expected))[:3]
@@ -138,7 +145,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> N
   Raises:
     CheckpointSaveError: this save, or the previous asynchronous one, failed.
   """
-  meta = dict(meta, **{CHECKSUMS: array_checksums(jax.device_get(state))})
+  meta = dict(meta, **{CHECKSUMS: array_checksums(jax.tree.map(_host_copy, state))})
   try:
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)), force=True)
