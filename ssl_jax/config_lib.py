@@ -8,6 +8,7 @@ locked by the CLI, so an unknown field is an error that names it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import difflib
 
 import ml_collections
 
@@ -99,7 +100,8 @@ def _type_problem(value, expected) -> str | None:
   return None if ok else f"expected {expected.__name__}, got {type(value).__name__} {value!r}"
 
 
-def check_fields(config, reference, path: str = "config", *, open_keys=()) -> list[str]:
+def check_fields(config, reference, path: str = "config", *, open_keys=(),
+                 open_sections=()) -> list[str]:
   """Unknown fields and wrong types of ``config`` against ``reference``, recursively.
 
   Args:
@@ -109,6 +111,9 @@ def check_fields(config, reference, path: str = "config", *, open_keys=()) -> li
     path: the name of ``config`` in the messages.
     open_keys: fields of ``config`` allowed though not in ``reference``, not
       checked further (the method sections).
+    open_sections: sections that methods may extend with fields of their own
+      (e.g. CPC's ``model.patch_size``): there an unknown field is an error only
+      when it looks like a typo of a known one.
 
   Returns:
     One line per problem, each naming the field and the fix; empty if none.
@@ -117,8 +122,13 @@ def check_fields(config, reference, path: str = "config", *, open_keys=()) -> li
   for key in config.keys():
     name = f"{path}.{key}"
     if key not in reference:
-      if key not in open_keys:
-        known = sorted(set(reference.keys()) | set(open_keys))
+      if key in open_keys:
+        continue
+      known = sorted(set(reference.keys()) | set(open_keys))
+      close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+      if close:
+        errors.append(f"{name}: unknown field; did you mean {path}.{close[0]}?")
+      elif path.split(".", 1)[-1] not in open_sections or path == "config":
         errors.append(f"{name}: unknown field; remove it or use one of {known}")
       continue
     value, expected = config[key], reference[key]
@@ -127,7 +137,7 @@ def check_fields(config, reference, path: str = "config", *, open_keys=()) -> li
         errors.append(f"{name}: expected a section (dict) of fields, got "
                       f"{type(value).__name__} {value!r}")
       else:
-        errors.extend(check_fields(value, expected, name))
+        errors.extend(check_fields(value, expected, name, open_sections=open_sections))
       continue
     problem = _type_problem(value, _field_type(reference, key))
     if problem:

@@ -185,10 +185,19 @@ def _config_errors(config) -> list[str]:
   optim_name = config.get("optim", {}).get("name")
   if optim_name in optim.OPTIMIZERS:
     reference.optim = optim.default_optim_config(optim_name)
+    # Fields make_optimizer accepts when present (with their defaults).
+    for key, default in optim._OPTIONAL.items():  # pylint: disable=protected-access
+      if key not in reference.optim:
+        reference.optim[key] = default
   elif "optim" in config:
     errors.append(f"config.optim.name={optim_name!r}: unknown optimizer; use one of "
                   f"{list(optim.OPTIMIZERS)}")
-  errors.extend(config_lib.check_fields(config, reference, open_keys=methods._METHODS))  # pylint: disable=protected-access
+  # Methods may add fields of their own to the model and augment sections
+  # (there only near-miss typos of known fields are errors); every other
+  # unknown field is an error.
+  errors.extend(config_lib.check_fields(
+      config, reference, open_keys=methods._METHODS,  # pylint: disable=protected-access
+      open_sections=("model", "augment")))
   if errors:
     return errors  # The value checks below assume known fields of the right types.
 

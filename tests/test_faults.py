@@ -442,6 +442,7 @@ STATIC_CASES = {
     "keep_only_one_checkpoint": (_set("checkpoint_max_to_keep", 1),
                                  "config.checkpoint_max_to_keep=1: must be >= 2"),
     "negative_seed": (_set("seed", -1), "config.seed=-1"),
+    "microbatches_not_dividing": (_set("microbatches", 3), "config.microbatches=3 must divide"),
     "unknown_optimizer": (_raw("optim.name", "adam"), "config.optim.name='adam': unknown"),
     "negative_lr": (_set("optim.base_learning_rate", -0.1), "config.optim.base_learning_rate"),
     "zero_view_size": (_set("augment.size", 0), "config.augment.size=0"),
