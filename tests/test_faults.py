@@ -159,26 +159,47 @@ def assert_same_state(workdir_a, workdir_b):
 # --- Kill -9 and resume: bitwise equal to the uninterrupted run -----------------------------
 
 
-@pytest.mark.parametrize("killed_at", ["after_step_3", "during_save_of_6"])
-def test_killed_run_resumes_bitwise_equal(data_dir, reference_run, tmp_path, stand_in,
-                                          killed_at):
-  """What SIGKILL leaves on disk, reproduced: later checkpoints absent or half-written."""
+def test_killed_during_save_resumes_bitwise_equal(data_dir, reference_run, tmp_path, stand_in):
+  """What SIGKILL during the save of step 6 leaves on disk: a half-written temporary dir."""
   workdir = copy_run(reference_run, tmp_path)
   ckpts = os.path.join(workdir, "checkpoints")
   shutil.rmtree(os.path.join(ckpts, "8"))
-  if killed_at == "after_step_3":
-    shutil.rmtree(os.path.join(ckpts, "6"))
-    shutil.rmtree(os.path.join(ckpts, "4"))
-  else:
-    # Orbax writes into a temporary directory and renames it when complete.
-    os.rename(os.path.join(ckpts, "6"), os.path.join(ckpts, "6.orbax-checkpoint-tmp-1"))
-    os.remove(os.path.join(ckpts, "6.orbax-checkpoint-tmp-1", "commit_success.txt"))
-  # metrics.jsonl still holds records of steps the next start runs again.
+  # Orbax writes into a temporary directory and renames it when complete.
+  os.rename(os.path.join(ckpts, "6"), os.path.join(ckpts, "6.orbax-checkpoint-tmp-1"))
+  os.remove(os.path.join(ckpts, "6.orbax-checkpoint-tmp-1", "commit_success.txt"))
+  _truncate(os.path.join(ckpts, "6.orbax-checkpoint-tmp-1"))
+  # metrics.jsonl still holds records of steps 6 and 8, which the next start runs again.
   results = train.train_and_evaluate(stand_in_config(data_dir), workdir)
-  assert results["step"] == STEPS
+  assert results["step"] == STEPS and not results["preempted"]
   assert_same_state(reference_run.workdir, workdir)
   steps = [r["step"] for r in read_metrics(workdir) if "loss" in r]
   assert steps == list(range(2, STEPS + 1, 2)), steps
+
+
+def test_preemption_notice_then_resume_bitwise_equal(data_dir, reference_run, tmp_path,
+                                                     stand_in, monkeypatch):
+  """Orbax's multi-host preemption sync point at step 3 (not a checkpoint step), then resume."""
+  workdir = copy_run(reference_run, tmp_path)
+  for step in (4, 6, 8):
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+  seen = []
+
+  def reached_preemption(self, step):
+    del self
+    seen.append(step)
+    return step == 3
+
+  monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "reached_preemption", reached_preemption)
+  results = train.train_and_evaluate(stand_in_config(data_dir), workdir)
+  assert results["preempted"] and results["step"] == 3 and seen[0] == 3  # orbax asks too
+  assert steps_on_disk(workdir) == [2, 3]
+  monkeypatch.undo()
+  stand_in()
+  results = train.train_and_evaluate(stand_in_config(data_dir), workdir)
+  assert results["step"] == STEPS and not results["preempted"]
+  assert_same_state(reference_run.workdir, workdir)
+  steps = [r["step"] for r in read_metrics(workdir) if "loss" in r]
+  assert steps == [2, 3, 4, 6, 8], steps
 
 
 # --- SIGTERM: checkpoint at the next step, exit 0 (one real subprocess) ---------------------
