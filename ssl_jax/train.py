@@ -180,9 +180,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def _config_errors(config) -> list[str]:
   errors = []
   method = config.get("method", "")
-  data_name = config.get("data", {}).get("name") or "digits"
-  reference = config_lib.base_config(data_name)
-  optim_name = config.get("optim", {}).get("name")
+  section = lambda name: config[name] if isinstance(
+      config.get(name), (dict, ml_collections.ConfigDict)) else {}
+  reference = config_lib.base_config(section("data").get("name") or "digits")
+  optim_name = section("optim").get("name")
   if optim_name in optim.OPTIMIZERS:
     reference.optim = optim.default_optim_config(optim_name)
     # Fields make_optimizer accepts when present (with their defaults).
@@ -225,7 +226,8 @@ def _config_errors(config) -> list[str]:
   for field in ("log_every_steps", "checkpoint_every_steps"):
     if config[field] < 1:
       errors.append(f"config.{field}={config[field]}: must be >= 1.")
-  if config.checkpoint_max_to_keep < MIN_CHECKPOINTS_KEPT:
+  if (config.checkpoint_max_to_keep is not None  # None: orbax keeps every checkpoint
+      and config.checkpoint_max_to_keep < MIN_CHECKPOINTS_KEPT):
     errors.append(f"config.checkpoint_max_to_keep={config.checkpoint_max_to_keep}: must be >= "
                   f"{MIN_CHECKPOINTS_KEPT}, so a checkpoint damaged after it was written "
                   "always has a predecessor to resume from.")
