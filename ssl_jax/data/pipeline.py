@@ -50,7 +50,8 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
   ``train_split``, ``eval_train_split``, ``eval_test_split``, ``image_size``
   (eval centre crop of variable-size datasets), ``manual_dir`` (imagenet2012's
   tar files), ``num_threads`` (host decode threads), ``prefetch`` (batches
-  computed ahead).
+  computed ahead), ``corrupt_images`` (image folders: 'skip' an undecodable
+  file with a warning naming it and a count, or 'error').
   """
   train_split, eval_test_split, image_size = _DEFAULTS.get(
       name.split("/")[0].split(":")[0], ("train", "test", 224))
@@ -65,6 +66,7 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
   config.manual_dir = config_dict.placeholder(str)
   config.num_threads = 8
   config.prefetch = 2
+  config.corrupt_images = "skip"
   return config
 
 
