@@ -27,6 +27,7 @@ from ssl_jax import augment
 from ssl_jax import checkpoint
 from ssl_jax import data
 from ssl_jax import diagnostics
+from ssl_jax import epoch_hooks
 from ssl_jax import evaluate
 from ssl_jax import metrics_io
 from ssl_jax import methods
@@ -87,14 +88,20 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
   views = augment.views(example_keys, images, recipes)
   loss_key = jax.random.fold_in(loss_key, jax.lax.axis_index(axis_name))
 
+  # Methods that keep per-example state (DeepCluster's pseudo-labels and memory
+  # bank) declare USES_EXAMPLE_INDEX and get the dataset index of each example.
+  extra = {"example_index": batch["index"]} if getattr(method, "USES_EXAMPLE_INDEX", False) else {}
+
   def loss_fn(params):
     return method.loss_fn(params, state.batch_stats, state.method_state, views, loss_key,
-                          config=config, axis_name=axis_name)
+                          config=config, axis_name=axis_name, **extra)
 
   (loss, (batch_stats, method_state, metrics)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if hasattr(method, "project_params"):  # e.g. SwAV: prototypes back onto the unit sphere
+    params = method.project_params(params, config)
   method_state = method.post_update(params, batch_stats, method_state, state.step + 1, config,
                                      total_steps=total_steps)
   metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step),
@@ -145,7 +152,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def _put_batch(batch: dict, sharding) -> dict:
   """Host-local numpy batch (labels dropped) -> global arrays sharded over the mesh."""
-  batch = {k: v for k, v in batch.items() if k in ("image", "views")}
+  batch = {k: v for k, v in batch.items() if k in ("image", "views", "index")}
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
@@ -249,6 +256,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   collapse_warned = False
   end_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
   for step in range(start_step, end_step):
+    if hasattr(method, "epoch_start") and step % steps_per_epoch == 0:
+      # The method's epoch-start hook (DeepCluster's re-clustering, SwAV's queue
+      # start): all it computes goes into the state, so a resume is exact.
+      state = epoch_hooks.run_epoch_start(method, state, config=config, mesh=mesh, tx=tx,
+                                          step=step, steps_per_epoch=steps_per_epoch,
+                                          writer=writer)
     state, metrics = step_fn(state, _put_batch(next(batches), sharding))
     pending.append(metrics)
     done = step + 1

@@ -16,6 +16,18 @@ A method module defines (see ``simclr.py`` for the reference implementation)::
       After the optimizer step: EMA of target params (tau scheduled over
       ``total_steps``), queue push, ... ``step`` counts steps taken (>= 1).
 
+Optional parts (the trainer calls them only when a method defines them):
+
+  project_params(params, config) -> params
+      Applied right after each optimizer update (SwAV: prototypes back onto the
+      unit sphere, i.e. normalised before every step as the reference does).
+  epoch_start(state, context) -> state
+      Before the first step of every epoch (``ssl_jax.epoch_hooks``): offline
+      re-clustering (DeepCluster), epoch-dependent switches (SwAV's queue start).
+  USES_EXAMPLE_INDEX = True
+      ``loss_fn`` then also gets ``example_index``: int32 [n], each example's
+      position in the training split (DeepCluster's pseudo-labels, memory bank).
+
 Adding a method = one module here, its name in ``_METHODS``, a config, a test.
 """
 
@@ -24,7 +36,7 @@ from __future__ import annotations
 import importlib
 import types
 
-_METHODS = ("simclr",)
+_METHODS = ("simclr", "swav")
 
 
 def get_method(name: str) -> types.ModuleType:
