@@ -36,7 +36,7 @@ from __future__ import annotations
 import importlib
 import types
 
-_METHODS = ("simclr", "swav")
+_METHODS = ("simclr", "swav", "deepcluster", "deepclusterv2")
 
 
 def get_method(name: str) -> types.ModuleType:
