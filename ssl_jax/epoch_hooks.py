@@ -33,6 +33,11 @@ from ssl_jax import data
 from ssl_jax.parallel import BATCH_AXIS
 
 
+# Compiled hook functions by (name, config JSON, mesh devices); see EpochContext.compiled.
+_COMPILED: dict = {}
+_MAX_COMPILED = 32
+
+
 @dataclasses.dataclass(frozen=True)
 class EpochContext:
   """What an epoch-start hook may use besides the state.
@@ -50,7 +55,21 @@ class EpochContext:
   mesh: Any
   tx: optax.GradientTransformation
 
-  def map_train_split(self, fn: Callable, state) -> dict:
+  def compiled(self, name: str, build: Callable[[], Callable]) -> Callable:
+    """``build()`` (a jitted function) made once per (name, config, mesh) and reused.
+
+    A hook runs every epoch; rebuilding its ``jax.jit`` each time would recompile
+    it each time. The cache is keyed by the config's JSON and the mesh's devices,
+    so every epoch (and a resumed run in the same process) reuses one compile.
+    """
+    key = (name, self.config.to_json(), tuple(d.id for d in self.mesh.devices.flat))
+    if key not in _COMPILED:
+      if len(_COMPILED) >= _MAX_COMPILED:
+        _COMPILED.pop(next(iter(_COMPILED)))
+      _COMPILED[key] = build()
+    return _COMPILED[key]
+
+  def map_train_split(self, fn: Callable, state, *, name: str | None = None) -> dict:
     """Applies per-device ``fn`` to every image of the training split, sharded.
 
     One pass over ``config.data.train_split`` in its stored order (the index
@@ -59,9 +78,11 @@ class EpochContext:
 
     Args:
       fn: per-device ``fn(state, images) -> outputs`` with images uint8
-        [n, H, W, 3] and outputs [n, ...] (one array), compiled once under
+        [n, H, W, 3] and outputs [n, ...] (one array), compiled under
         ``jax.shard_map``.
       state: the TrainState, passed to ``fn`` replicated.
+      name: if given, the compiled ``fn`` is cached under it (see ``compiled``):
+        ``fn`` must then be the same computation at every call.
 
     Returns:
       {'outputs': [J, G, ...], 'index': int32 [J, G], 'valid': bool [J, G]} with
@@ -78,9 +99,13 @@ class EpochContext:
     per_process = global_batch // jax.process_count()
     batch_sharding = NamedSharding(mesh, P(BATCH_AXIS))
     stacked = NamedSharding(mesh, P(None, BATCH_AXIS))
-    step = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)),
-                                 out_specs=P(BATCH_AXIS)))
-    put = jax.jit(lambda buffer, j, x: buffer.at[j].set(x), donate_argnums=0)
+    def build():
+      return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)),
+                                   out_specs=P(BATCH_AXIS)))
+
+    step = self.compiled(name, build) if name else build()
+    put = self.compiled("map_train_split.put", lambda: jax.jit(
+        lambda buffer, j, x: buffer.at[j].set(x), donate_argnums=0))
     num_batches = -(-data.dataset_info(config.data).train_size // global_batch)
     buffer = None
     for j, batch in enumerate(data.eval_batches(config.data, config.data.train_split,

@@ -158,17 +158,17 @@ def epoch_start(state, context):
   config, mesh = context.config, context.mesh
   cfg = config.deepcluster
   num_examples = state.method_state["pseudo_labels"].shape[0]
-  out = context.map_train_split(functools.partial(_features, config), state)
+  out = context.map_train_split(functools.partial(_features, config), state,
+                                name="deepcluster.features")
   rng = jax.random.wrap_key_data(state.rng)
   key = jax.random.fold_in(jax.random.fold_in(rng, 104729), context.epoch)
-  cluster = jax.jit(jax.shard_map(
+  cluster = context.compiled("deepcluster.cluster", lambda: jax.jit(jax.shard_map(
       functools.partial(_cluster, config=config), mesh=mesh,
       in_specs=(P(), P(None, BATCH_AXIS), P(None, BATCH_AXIS), P(None, BATCH_AXIS)),
-      out_specs=(P(None, BATCH_AXIS), P())))
+      out_specs=(P(None, BATCH_AXIS), P()))))
   labels, counts = cluster(key, out["outputs"], out["valid"], out["index"])
   replicated = NamedSharding(mesh, P())
 
-  @functools.partial(jax.jit, out_shardings=replicated)
   def new_state(state, labels, counts, key):
     head_key = jax.random.fold_in(key, 1)
     params = dict(state.params)
@@ -182,4 +182,6 @@ def epoch_start(state, context):
     opt_state = epoch_hooks.reset_opt_state(context.tx, state.opt_state, params, "head")
     return state.replace(params=params, opt_state=opt_state, method_state=method_state)
 
-  return new_state(state, labels, counts, key)
+  compiled = context.compiled("deepcluster.new_state",
+                              lambda: jax.jit(new_state, out_shardings=replicated))
+  return compiled(state, labels, counts, key)

@@ -180,17 +180,18 @@ def epoch_start(state, context):
   bank = state.method_state["bank"]
   if context.epoch == 0:
     # No previous epoch: fill the bank with one pass over the training set.
-    out = context.map_train_split(functools.partial(_centre_embeddings, config), state)
+    out = context.map_train_split(functools.partial(_centre_embeddings, config), state,
+                                  name="deepclusterv2.embeddings")
     rows = out["outputs"].reshape(-1, cfg.projection_dim)[:size]
     bank = jnp.broadcast_to(jnp.pad(rows, ((0, padded - size), (0, 0)))[None],
                             bank.shape)
   key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), 7919),
                            context.epoch)
-  cluster = jax.jit(jax.shard_map(
+  cluster = context.compiled("deepclusterv2.cluster", lambda: jax.jit(jax.shard_map(
       functools.partial(_cluster_bank, num_prototypes=tuple(cfg.num_prototypes),
                         num_code_crops=cfg.num_code_crops, num_iters=cfg.kmeans_iters),
       mesh=mesh, in_specs=(P(), P(None, BATCH_AXIS), P(BATCH_AXIS), P(BATCH_AXIS)),
-      out_specs=(P(), P(None, BATCH_AXIS))))
+      out_specs=(P(), P(None, BATCH_AXIS)))))
   row_ids = jnp.arange(padded, dtype=jnp.int32)
   centroids, assignments = cluster(key, bank, row_ids < size, row_ids)
   replicated = NamedSharding(mesh, P())
