@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
+import types
 from typing import Any, Iterator
 
 from absl import logging
@@ -31,6 +32,7 @@ from ssl_jax import epoch_hooks
 from ssl_jax import evaluate
 from ssl_jax import metrics_io
 from ssl_jax import methods
+from ssl_jax import microbatch
 from ssl_jax import optim
 from ssl_jax.parallel import BATCH_AXIS, make_mesh
 
@@ -88,16 +90,18 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
   views = augment.views(example_keys, images, recipes)
   loss_key = jax.random.fold_in(loss_key, jax.lax.axis_index(axis_name))
 
-  # Methods that keep per-example state (DeepCluster's pseudo-labels and memory
-  # bank) declare USES_EXAMPLE_INDEX and get the dataset index of each example.
-  extra = {"example_index": batch["index"]} if getattr(method, "USES_EXAMPLE_INDEX", False) else {}
-
-  def loss_fn(params):
-    return method.loss_fn(params, state.batch_stats, state.method_state, views, loss_key,
-                          config=config, axis_name=axis_name, **extra)
-
-  (loss, (batch_stats, method_state, metrics)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  loss_method = method
+  if getattr(method, "USES_EXAMPLE_INDEX", False):
+    # Methods with per-example state (DeepCluster's pseudo-labels and memory bank)
+    # also get each example's dataset index; they run without micro-batches.
+    if config.get("microbatches", 1) != 1:
+      raise ValueError(f"config.method={config.method!r} keeps per-example state and does not "
+                       "support config.microbatches > 1; set it to 1.")
+    loss_method = types.SimpleNamespace(
+        loss_fn=functools.partial(method.loss_fn, example_index=batch["index"]))
+  (loss, (batch_stats, method_state, metrics)), grads = microbatch.value_and_grad(
+      loss_method, state.params, state.batch_stats, state.method_state, views, loss_key,
+      config=config, axis_name=axis_name, num_chunks=config.get("microbatches", 1))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   if hasattr(method, "project_params"):  # e.g. SwAV: prototypes back onto the unit sphere
@@ -145,6 +149,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.eval_batch_size % n:
     raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be a multiple of "
                      f"the {n} devices.")
+  microbatches = config.get("microbatches", 1)
+  if microbatches < 1 or (config.batch_size // n) % microbatches:
+    raise ValueError(f"config.microbatches={microbatches} must divide each device's batch "
+                     f"(batch_size / devices = {config.batch_size // n}).")
   if not (config.total_steps or config.total_epochs):
     raise ValueError("Set config.total_epochs or config.total_steps (> 0).")
   methods.get_method(config.method)
