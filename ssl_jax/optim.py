@@ -53,9 +53,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from ml_collections import config_dict
@@ -74,6 +75,8 @@ _COMMON_FIELDS = (
     "weight_decay",
     "grad_clip_norm",
     "fixed_lr_params",
+    "frozen_params",
+    "frozen_epochs",
 )
 _SPECIFIC_FIELDS = {
     "lars": ("momentum", "trust_coefficient"),
@@ -81,7 +84,8 @@ _SPECIFIC_FIELDS = {
     "adamw": ("b1", "b2", "eps"),
     "lamb": ("b1", "b2", "eps"),
 }
-_OPTIONAL = {"end_learning_rate": 0.0, "grad_clip_norm": None, "fixed_lr_params": ()}
+_OPTIONAL = {"end_learning_rate": 0.0, "grad_clip_norm": None, "fixed_lr_params": (),
+             "frozen_params": "", "frozen_epochs": 0.0}
 
 # Leaf names that never get weight decay or LARS adaptation (flax linen names:
 # Conv/Dense 'bias'; BatchNorm/GroupNorm/LayerNorm 'scale' and 'bias').
@@ -258,6 +262,62 @@ def fixed_lr_labels(params: Any, prefixes) -> Any:
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+class FreezeState(NamedTuple):
+  """State of ``freeze_for_steps``: steps taken and the wrapped optimizer's state."""
+  count: jax.Array
+  inner_state: Any
+
+
+def frozen_mask(params: Any, pattern: str) -> Any:
+  """True for the leaves whose '/'-joined path matches the regex ``pattern`` (search)."""
+  regex = re.compile(pattern)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: bool(regex.search("/".join(_key_name(k) for k in path))), params)
+
+
+def freeze_for_steps(inner: optax.GradientTransformation, pattern: str,
+                     num_steps: int) -> optax.GradientTransformation:
+  """``inner`` with the params matching ``pattern`` frozen for the first ``num_steps`` steps.
+
+  SwAV's ``freeze_prototypes_niters`` (Caron et al. 2020, Sec. 4 / appendix A.1;
+  facebookresearch/swav main_swav.py sets ``p.grad = None`` for the prototypes,
+  so ``torch.optim`` skips them: no step, no weight decay, no momentum). Here,
+  while frozen, the matched leaves enter ``inner`` with a zero gradient AND a zero
+  parameter (so no weight decay and, for LARS, trust ratio 1 on a zero update),
+  and their final update is zeroed. Momentum-type states (SGD, LARS) that start at
+  zero therefore stay exactly zero for those leaves, as if they were skipped;
+  Adam's step count still advances (its bias correction differs slightly).
+
+  Args:
+    inner: the optimizer to wrap.
+    pattern: regex searched in each leaf's '/'-joined path, e.g. 'prototypes'.
+    num_steps: steps (counted from 0) during which the matched leaves stay fixed.
+
+  Returns:
+    An ``optax.GradientTransformation``; ``update`` needs ``params``.
+  """
+  if num_steps < 0:
+    raise ValueError(f"num_steps must be >= 0, got {num_steps}.")
+
+  def init(params):
+    return FreezeState(count=jnp.zeros((), jnp.int32), inner_state=inner.init(params))
+
+  def update(updates, state, params=None):
+    frozen = state.count < num_steps
+    mask = frozen_mask(updates, pattern)
+
+    def zero(tree):
+      if tree is None:
+        return None
+      return jax.tree.map(lambda x, m: jnp.where(frozen, jnp.zeros_like(x), x) if m else x,
+                          tree, mask)
+
+    updates, inner_state = inner.update(zero(updates), state.inner_state, zero(params))
+    return zero(updates), FreezeState(count=state.count + 1, inner_state=inner_state)
+
+  return optax.GradientTransformation(init, update)
+
+
 def default_optim_config(name: str = "lars") -> ml_collections.ConfigDict:
   """Default optimizer config for ``make_optimizer``; 'lars' is SimCLR's recipe.
 
@@ -408,7 +468,9 @@ def make_optimizer(
     optim_config: a ConfigDict (or mapping) with exactly the fields of
       ``default_optim_config(name)``: name, base_learning_rate, lr_scaling,
       warmup_epochs, end_learning_rate (optional, 0.), weight_decay,
-      grad_clip_norm (optional, None), and momentum + trust_coefficient (lars),
+      grad_clip_norm (optional, None), frozen_params (optional regex, '') and
+      frozen_epochs (optional, 0.: params matching frozen_params stay fixed for that
+      many epochs, see ``freeze_for_steps``), and momentum + trust_coefficient (lars),
       momentum + nesterov (sgd), b1 + b2 + eps (adamw, lamb).
     total_steps: total optimizer steps of the run.
     steps_per_epoch: optimizer steps per epoch (to convert warmup_epochs).
@@ -469,6 +531,10 @@ def make_optimizer(
     tx = build(schedule)
   if clip is not None:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  frozen_epochs = _check_number(config, "frozen_epochs", 0.0)
+  if config["frozen_params"] and frozen_epochs > 0:
+    tx = freeze_for_steps(tx, config["frozen_params"],
+                          int(round(frozen_epochs * steps_per_epoch)))
   return tx, schedule
 
 

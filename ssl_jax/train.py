@@ -16,6 +16,7 @@ import shutil
 import signal
 import threading
 import time
+import types
 from typing import Any, Iterator
 
 from absl import logging
@@ -32,6 +33,7 @@ from ssl_jax import checkpoint
 from ssl_jax import config_lib
 from ssl_jax import data
 from ssl_jax import diagnostics
+from ssl_jax import epoch_hooks
 from ssl_jax import evaluate
 from ssl_jax.evaluate import plots
 from ssl_jax import metrics_io
@@ -102,11 +104,22 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
   views = augment.views(example_keys, images, recipes)
   loss_key = jax.random.fold_in(loss_key, jax.lax.axis_index(axis_name))
 
+  loss_method = method
+  if getattr(method, "USES_EXAMPLE_INDEX", False):
+    # Methods with per-example state (DeepCluster's pseudo-labels and memory bank)
+    # also get each example's dataset index; they run without micro-batches.
+    if config.get("microbatches", 1) != 1:
+      raise ValueError(f"config.method={config.method!r} keeps per-example state and does not "
+                       "support config.microbatches > 1; set it to 1.")
+    loss_method = types.SimpleNamespace(
+        loss_fn=functools.partial(method.loss_fn, example_index=batch["index"]))
   (loss, (batch_stats, method_state, metrics)), grads = microbatch.value_and_grad(
-      method, state.params, state.batch_stats, state.method_state, views, loss_key,
+      loss_method, state.params, state.batch_stats, state.method_state, views, loss_key,
       config=config, axis_name=axis_name, num_chunks=config.get("microbatches", 1))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if hasattr(method, "project_params"):  # e.g. SwAV: prototypes back onto the unit sphere
+    params = method.project_params(params, config)
   method_state = method.post_update(params, batch_stats, method_state, state.step + 1, config,
                                      total_steps=total_steps)
   grad_norm = optax.global_norm(grads)
@@ -336,7 +349,7 @@ class PreemptionNotice:
 
 def _put_batch(batch: dict, sharding) -> dict:
   """Host-local numpy batch (labels dropped) -> global arrays sharded over the mesh."""
-  batch = {k: v for k, v in batch.items() if k in ("image", "views")}
+  batch = {k: v for k, v in batch.items() if k in ("image", "views", "index")}
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
@@ -483,6 +496,12 @@ def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNot
   collapse_warned = False
   end_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
   for step in range(start_step, end_step):
+    if hasattr(method, "epoch_start") and step % steps_per_epoch == 0:
+      # The method's epoch-start hook (DeepCluster's re-clustering, SwAV's queue
+      # start): all it computes goes into the state, so a resume is exact.
+      state = epoch_hooks.run_epoch_start(method, state, config=config, mesh=mesh, tx=tx,
+                                          step=step, steps_per_epoch=steps_per_epoch,
+                                          writer=writer)
     state, metrics = step_fn(state, _put_batch(next(batches), sharding))
     pending.append(metrics)
     done = step + 1

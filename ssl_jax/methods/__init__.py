@@ -22,6 +22,18 @@ BN statistics from its forward pass, MoCo's queue push with the keys it just
 computed) and ``post_update`` applies the EMA. Their shared parts (EMA, cosine
 tau schedule, replicated gather, FIFO queue) are in ``common.py``.
 
+Optional parts (the trainer calls them only when a method defines them):
+
+  project_params(params, config) -> params
+      Applied right after each optimizer update (SwAV: prototypes back onto the
+      unit sphere, i.e. normalised before every step as the reference does).
+  epoch_start(state, context) -> state
+      Before the first step of every epoch (``ssl_jax.epoch_hooks``): offline
+      re-clustering (DeepCluster), epoch-dependent switches (SwAV's queue start).
+  USES_EXAMPLE_INDEX = True
+      ``loss_fn`` then also gets ``example_index``: int32 [n], each example's
+      position in the training split (DeepCluster's pseudo-labels, memory bank).
+
 Adding a method = one module here, its name in ``_METHODS``, a config, a test.
 """
 
@@ -30,7 +42,8 @@ from __future__ import annotations
 import importlib
 import types
 
-_METHODS = ("simclr", "byol", "mocov2", "simsiam", "mocov3")
+_METHODS = ("simclr", "byol", "mocov2", "simsiam", "mocov3", "swav", "deepcluster",
+            "deepclusterv2")
 
 
 def get_method(name: str) -> types.ModuleType:
