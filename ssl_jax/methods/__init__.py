@@ -16,6 +16,25 @@ A method module defines (see ``simclr.py`` for the reference implementation)::
       After the optimizer step: EMA of target params (tau scheduled over
       ``total_steps``), queue push, ... ``step`` counts steps taken (>= 1).
 
+Optional:
+
+  make_views(example_keys, images, recipes, *, config) -> views
+      Replaces the step's ``augment.views(example_keys, images, recipes)`` for
+      methods whose inputs are not plain augmented views (Jigsaw's shuffled
+      tiles and permutation labels, CPC's per-patch augmentations). Gets the
+      step's per-example keys (folded with the GLOBAL example index) and the
+      batch exactly as ``augment.views`` would, so its randomness does not
+      depend on how the batch is split over devices; returns any pytree of
+      per-example arrays, handed to ``loss_fn`` as ``views``. Per-example
+      randomness belongs here, not in ``loss_fn``, whose ``key`` is folded with
+      the device index.
+
+The encoder that ``load_encoder`` and the kNN monitor apply is
+``models.encoder.build_encoder(config.model)``; a method whose backbone is not
+the plain ResNet on the whole image (CPC: the ResNet on a grid of patches,
+mean-pooled) says so through ``config.model`` (``patch_size``), never in the
+evaluation code.
+
 Adding a method = one module here, its name in ``_METHODS``, a config, a test.
 """
 
@@ -24,7 +43,7 @@ from __future__ import annotations
 import importlib
 import types
 
-_METHODS = ("simclr",)
+_METHODS = ("simclr", "rotnet", "jigsaw", "cpc")
 
 
 def get_method(name: str) -> types.ModuleType:
