@@ -12,7 +12,11 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from ssl_jax import augment
 
 from ssl_jax import methods
 from ssl_jax import optim
@@ -39,6 +43,9 @@ def method_config(name: str, data_dir: str, **overrides):
   c.log_every_steps = 1
   c.checkpoint_every_steps = 100
   c.knn.every_epochs = 0.0
+  # kNN monitor on slices, so a test's monitor costs ~1 s.
+  c.data.eval_train_split = "train[:512]"
+  c.data.eval_test_split = "test[:256]"
   c.optim.warmup_epochs = 0.0
   for key, value in overrides.items():
     target = c
@@ -67,6 +74,48 @@ def one_step(config, devices, batch):
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
   state, metrics = step(state, {"image": jax.device_put(batch, sharding)})
   return jax.device_get(state.params), jax.device_get(state.batch_stats), jax.device_get(metrics)
+
+
+def loss_on_devices(config, devices, batch, seed=0):
+  """(loss, metrics) of the method's forward pass on ``devices`` (no gradient: cheap to compile).
+
+  Views are made as the train step makes them: per-example keys folded with the
+  global example index, then ``make_views`` or ``augment.views``.
+  """
+  mesh = make_mesh(devices)
+  method = methods.get_method(config.method)
+  recipes = method.view_recipes(config)
+  params, batch_stats, method_state = jax.jit(lambda: method.init(
+      jax.random.key(seed, impl="rbg"), config, None))()
+
+  def per_device(params, batch_stats, method_state, images):
+    n = images.shape[0]
+    index = jax.lax.axis_index("batch") * n + jnp.arange(n)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), index)
+    make_views = getattr(method, "make_views", None)
+    views = (make_views(keys, images, recipes, config=config) if make_views
+             else augment.views(keys, images, recipes))
+    loss, (_, _, metrics) = method.loss_fn(params, batch_stats, method_state, views,
+                                           jax.random.key(1), config=config, axis_name="batch")
+    return loss, metrics
+
+  fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), P("batch")),
+                             out_specs=(P(), P())))
+  return jax.device_get(fn(params, batch_stats, method_state, batch))
+
+
+def assert_loss_device_invariant(config, image_size=32, rtol=1e-5):
+  """The loss (and metrics) on 8 devices equal those on 1 device for the same batch."""
+  batch = np.random.default_rng(0).integers(
+      0, 256, (config.batch_size, image_size, image_size, 3), dtype=np.uint8)
+  loss8, m8 = loss_on_devices(config, jax.devices(), batch)
+  loss1, m1 = loss_on_devices(config, jax.devices()[:1], batch)
+  np.testing.assert_allclose(loss8, loss1, rtol=rtol)
+  for key in m1:
+    if key == "uniformity":  # averaged within each device's share by design
+      continue
+    np.testing.assert_allclose(m8[key], m1[key], rtol=1e-3, atol=1e-5, err_msg=key)
+  return loss8, m8
 
 
 def assert_one_step_device_invariant(config, image_size=32, rtol=1e-4, atol=1e-6):
