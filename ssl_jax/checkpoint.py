@@ -87,12 +87,19 @@ def restore_raw(path: str) -> tuple[dict, dict, int]:
   """(state as nested dicts of host arrays, meta, step) from any checkpoint path.
 
   Used where the optimizer structure is unknown or irrelevant: ``init_from``
-  and ``load_encoder`` only need params and batch statistics.
+  and ``load_encoder`` only need params and batch statistics. Works whatever
+  the device topology that wrote the checkpoint (8 devices, 2 hosts, a pod):
+  every array is restored whole onto this process's first local device, with
+  shapes and dtypes from the checkpoint's own metadata.
   """
   directory, step = _resolve(path)
+  step_dir = os.path.join(directory, str(step))
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(os.path.join(step_dir, "state")).item_metadata
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), tree)
+  state = jax.device_get(checkpointer.restore(os.path.join(step_dir, "state"), target))
+  checkpointer.close()
   with ocp.CheckpointManager(directory) as manager:
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                      meta=ocp.args.JsonRestore()))
-  state = jax.tree.map(jax.device_get, restored["state"])
-  return state, restored["meta"], step
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  return state, meta, step

@@ -25,11 +25,14 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
   c.checkpoint_max_to_keep = 3
+  # Split each device's batch into this many chunks (less memory, same loss):
+  # gradient caching or accumulation, see ssl_jax/microbatch.py.
+  c.microbatches = 1
   c.init_from = ""                   # workdir/checkpoint to take params from when starting fresh
 
   c.model = ml_collections.ConfigDict(dict(
       depth=50, width_multiplier=1, base_width=64, stem="imagenet", norm="batch",
-      zero_init_residual=False, dtype="float32"))
+      zero_init_residual=False, dtype="float32", remat=False))
   c.augment = ml_collections.ConfigDict(dict(preset="simclr", size=224))
   c.data = data.default_data_config(dataset)
   c.optim = optim.default_optim_config("lars")

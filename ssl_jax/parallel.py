@@ -7,6 +7,9 @@ collectives with ``BATCH_AXIS``; ``make_mesh`` builds the 1-D mesh over which
 
 from __future__ import annotations
 
+import os
+
+from absl import logging
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -27,3 +30,45 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def _cluster_detected() -> bool:
+  """True inside a multi-process job that ``jax.distributed`` can auto-detect."""
+  slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+  tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return slurm_tasks > 1 or "," in tpu_hosts or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           *, timeout_seconds: int = 300) -> None:
+  """Starts JAX's distributed runtime when this is one process of many.
+
+  On TPU pods and SLURM clusters JAX detects the coordinator and the process
+  ids itself; elsewhere (several CPU or GPU hosts) pass them explicitly. A
+  single process without a cluster does nothing. CPU processes talk over gloo
+  (the CPU collectives backend). A process whose peers never arrive gives up
+  after ``timeout_seconds`` with an error instead of waiting forever.
+
+  Must run before any JAX computation (it fixes the set of global devices).
+  """
+  explicit = coordinator_address is not None
+  if not explicit and not _cluster_detected():
+    return
+  if explicit and (num_processes is None or process_id is None):
+    raise ValueError("--coordinator_address needs --num_processes and --process_id too "
+                     "(e.g. --num_processes=2 --process_id=0 on the first host).")
+  # Only CPU collectives need choosing (GPU uses NCCL, TPU its ICI); harmless
+  # elsewhere, and read only when the CPU backend starts, i.e. after this.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             initialization_timeout=timeout_seconds)
+  logging.info("Process %d of %d; %d local of %d global devices.", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def shutdown_distributed() -> None:
+  """Leaves the distributed runtime (a barrier over all processes), if it was started."""
+  if jax.process_count() > 1:
+    jax.distributed.shutdown()

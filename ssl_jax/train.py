@@ -30,6 +30,7 @@ from ssl_jax import diagnostics
 from ssl_jax import evaluate
 from ssl_jax import metrics_io
 from ssl_jax import methods
+from ssl_jax import microbatch
 from ssl_jax import optim
 from ssl_jax.parallel import BATCH_AXIS, make_mesh
 
@@ -91,12 +92,9 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
     views = make_views(example_keys, images, recipes, config=config)
   loss_key = jax.random.fold_in(loss_key, jax.lax.axis_index(axis_name))
 
-  def loss_fn(params):
-    return method.loss_fn(params, state.batch_stats, state.method_state, views, loss_key,
-                          config=config, axis_name=axis_name)
-
-  (loss, (batch_stats, method_state, metrics)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  (loss, (batch_stats, method_state, metrics)), grads = microbatch.value_and_grad(
+      method, state.params, state.batch_stats, state.method_state, views, loss_key,
+      config=config, axis_name=axis_name, num_chunks=config.get("microbatches", 1))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   method_state = method.post_update(params, batch_stats, method_state, state.step + 1, config,
@@ -142,6 +140,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.eval_batch_size % n:
     raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be a multiple of "
                      f"the {n} devices.")
+  microbatches = config.get("microbatches", 1)
+  if microbatches < 1 or (config.batch_size // n) % microbatches:
+    raise ValueError(f"config.microbatches={microbatches} must divide each device's batch "
+                     f"(batch_size / devices = {config.batch_size // n}).")
   if not (config.total_steps or config.total_epochs):
     raise ValueError("Set config.total_epochs or config.total_steps (> 0).")
   methods.get_method(config.method)

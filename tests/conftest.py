@@ -21,3 +21,9 @@ def devices():
   devs = jax.devices()
   assert len(devs) == 8, f"expected 8 simulated devices, got {len(devs)}"
   return devs
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """A TFDS data_dir for the session; the offline digits dataset is built into it on first use."""
+  return str(tmp_path_factory.mktemp("tfds"))

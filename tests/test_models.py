@@ -346,6 +346,27 @@ def test_bfloat16_compute_float32_params_and_output():
     assert 'bf16[' in line.split('=')[0], line  # the conv's output type
 
 
+def test_remat_same_params_outputs_and_gradients():
+  x = _images(15, (4, 16, 16, 3))
+  plain, remat = _tiny(base_width=4), _tiny(base_width=4, remat=True)
+  variables = _init(plain, x, seed=16, train=False)
+  jax.tree.map(np.testing.assert_array_equal, _init(remat, x, seed=16, train=False), variables)
+
+  def loss(model, params):
+    out, _ = model.apply({**variables, 'params': params}, x, train=True,
+                         mutable=['batch_stats'])
+    return jnp.sum(jnp.square(out))
+
+  grads = [jax.jit(jax.value_and_grad(functools.partial(loss, m)))(variables['params'])
+           for m in (plain, remat)]
+  np.testing.assert_allclose(grads[1][0], grads[0][0], rtol=1e-6)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
+               grads[1][1], grads[0][1])
+  # The blocks really are rematerialised: the backward pass recomputes convolutions.
+  jaxpr = str(jax.make_jaxpr(jax.grad(functools.partial(loss, remat)))(variables['params']))
+  assert 'remat' in jaxpr or 'checkpoint' in jaxpr
+
+
 # --------------------------------------------------------------------------- heads
 
 

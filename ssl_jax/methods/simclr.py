@@ -38,9 +38,16 @@ def _model(config: ml_collections.ConfigDict, axis_name) -> SimCLRModel:
       config.model.depth, config.model.width_multiplier, config.model.base_width)
   # v1 (projector_layers=2) and v2 (3) heads of the reference code: BN on every
   # layer, the output BN without centre.
-  projector = heads.simclr_v2_projector(
-      hidden, cfg.projection_dim, num_layers=cfg.projector_layers, axis_name=axis_name,
-      dtype=encoder_lib.compute_dtype(config.model))
+  dtype = encoder_lib.compute_dtype(config.model)
+  if config.model.norm == "batch":
+    projector = heads.simclr_v2_projector(
+        hidden, cfg.projection_dim, num_layers=cfg.projector_layers, axis_name=axis_name,
+        dtype=dtype)
+  else:
+    # No batch statistics anywhere with a GroupNorm+WS encoder: the head as
+    # the paper writes it, W2 relu(W1 h), without the code's BN layers.
+    projector = heads.MLPHead((hidden,) * (cfg.projector_layers - 1), cfg.projection_dim,
+                              use_bn=False, dtype=dtype)
   return SimCLRModel(encoder=encoder_lib.build_encoder(config.model, axis_name),
                      projector=projector)
 
@@ -64,6 +71,30 @@ def init(key, config, sample_images):
   return variables["params"], variables.get("batch_stats", {}), {}
 
 
+def embed(params, batch_stats, views, *, config, axis_name):
+  """Projections (z_1, z_2), float32 [n, projection_dim] each, and the new batch_stats.
+
+  Both views go through the network as one batch, so BatchNorm normalises over
+  all 2n views (of all devices when ``axis_name`` is set), as the reference code.
+  """
+  view_1, view_2 = views
+  n = view_1.shape[0]
+  (_, z), updated = _model(config, axis_name).apply(
+      {"params": params, "batch_stats": batch_stats},
+      jnp.concatenate([view_1, view_2]), train=True, mutable=["batch_stats"])
+  z = z.astype(jnp.float32)
+  return (z[:n], z[n:]), updated.get("batch_stats", {})
+
+
+def loss_from_embeddings(embeddings, method_state, key, *, config, axis_name):
+  """NT-Xent (eq. 1) of this device's projections against the global batch."""
+  del key
+  z_1, z_2 = embeddings
+  loss = losses.nt_xent(z_1, z_2, config.simclr.temperature, axis_name=axis_name)
+  metrics = {"loss": loss, **diagnostics.collapse_metrics(z_1, z_2, axis_name)}
+  return loss, (method_state, metrics)
+
+
 def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name):
   """NT-Xent of the two projected views (per-device code, global negatives).
 
@@ -77,18 +108,14 @@ def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name)
 
   Returns:
     (loss, (batch_stats, method_state, metrics)); loss = global mean NT-Xent.
+    ``embed`` + ``loss_from_embeddings`` are the same split in two, which lets
+    ``config.microbatches`` use gradient caching (``ssl_jax.microbatch``).
   """
-  del key
-  view_1, view_2 = views
-  n = view_1.shape[0]
-  (_, z), updated = _model(config, axis_name).apply(
-      {"params": params, "batch_stats": batch_stats},
-      jnp.concatenate([view_1, view_2]), train=True, mutable=["batch_stats"])
-  z = z.astype(jnp.float32)
-  z_1, z_2 = z[:n], z[n:]
-  loss = losses.nt_xent(z_1, z_2, config.simclr.temperature, axis_name=axis_name)
-  metrics = {"loss": loss, **diagnostics.collapse_metrics(z_1, z_2, axis_name)}
-  return loss, (updated.get("batch_stats", {}), method_state, metrics)
+  embeddings, batch_stats = embed(params, batch_stats, views, config=config,
+                                  axis_name=axis_name)
+  loss, (method_state, metrics) = loss_from_embeddings(embeddings, method_state, key,
+                                                       config=config, axis_name=axis_name)
+  return loss, (batch_stats, method_state, metrics)
 
 
 def post_update(params, batch_stats, method_state, step, config, *, total_steps):

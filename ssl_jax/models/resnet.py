@@ -252,6 +252,10 @@ class ResNet(nn.Module):
     axis_name: named mesh axis to average BatchNorm statistics over (use
       ``ssl_jax.parallel.BATCH_AXIS`` under ``jax.shard_map``); None = local.
     dtype: compute dtype; params stay float32.
+    remat: recompute each block's activations in the backward pass instead of
+      storing them (``flax.linen.remat``, i.e. ``jax.checkpoint`` per block):
+      less activation memory for about one extra forward pass. Same params,
+      same outputs and gradients.
 
   ``ResNet(...).num_features`` gives the output width without running it.
   """
@@ -266,6 +270,7 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   axis_name: str | None = None
   dtype: Any = jnp.float32
+  remat: bool = False
 
   def __post_init__(self):
     _check_architecture(self.depth, self.width_multiplier, self.base_width)
@@ -328,6 +333,8 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name='stem_norm')(x))
 
     block = BottleneckBlock if uses_bottleneck(self.depth) else BasicBlock
+    if self.remat:
+      block = nn.remat(block)
     for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
       for index in range(num_blocks):
         x = block(
