@@ -77,6 +77,9 @@ _COMMON_FIELDS = (
     "fixed_lr_params",
     "frozen_params",
     "frozen_epochs",
+    "schedule",
+    "decay_fractions",
+    "decay_factor",
 )
 _SPECIFIC_FIELDS = {
     "lars": ("momentum", "trust_coefficient"),
@@ -85,7 +88,12 @@ _SPECIFIC_FIELDS = {
     "lamb": ("b1", "b2", "eps"),
 }
 _OPTIONAL = {"end_learning_rate": 0.0, "grad_clip_norm": None, "fixed_lr_params": (),
-             "frozen_params": "", "frozen_epochs": 0.0}
+             "frozen_params": "", "frozen_epochs": 0.0, "schedule": "warmup_cosine",
+             "decay_fractions": (), "decay_factor": 0.1}
+# 'warmup_cosine': SimCLR/BYOL. 'step': piecewise-constant decay (RotNet's LUT_lr,
+# the classic ImageNet recipe), multiplied by decay_factor at each decay_fractions
+# entry (fractions of the run, so the schedule scales with total_steps).
+SCHEDULES = ("warmup_cosine", "step")
 
 # Leaf names that never get weight decay or LARS adaptation (flax linen names:
 # Conv/Dense 'bias'; BatchNorm/GroupNorm/LayerNorm 'scale' and 'bias').
@@ -189,6 +197,46 @@ def warmup_cosine_schedule(
       decay_steps=total_steps,  # optax counts the warmup inside decay_steps.
       end_value=end_value,
   )
+
+
+def warmup_step_schedule(peak_value: float, total_steps: int, warmup_steps: int,
+                         decay_fractions, decay_factor: float) -> optax.Schedule:
+  """Linear warmup to ``peak_value``, then piecewise-constant step decay.
+
+  ``lr(t) = peak * decay_factor ** #{f in decay_fractions : t >= round(f * T)}``
+  after the warmup (T = total_steps), as RotNet's ``LUT_lr`` (Gidaris et al.
+  2018: CIFAR lr 0.1 x 0.2 at epochs 60/120/160 of 200) and the classic ImageNet
+  step schedule. Fractions of the run rather than epochs, so a shortened run
+  (``runlocal``) keeps the schedule's shape.
+
+  Args:
+    peak_value: the learning rate after the warmup.
+    total_steps: T.
+    warmup_steps: W >= 0 (0: start at the peak).
+    decay_fractions: increasing fractions in (0, 1) of T at which to decay.
+    decay_factor: multiplier applied at each boundary, in (0, 1].
+
+  Returns:
+    An ``optax.Schedule``.
+  """
+  fractions = tuple(float(f) for f in decay_fractions)
+  if any(not 0.0 < f < 1.0 for f in fractions) or list(fractions) != sorted(fractions):
+    raise ValueError(f"decay_fractions={fractions!r} must be increasing fractions of the run "
+                     "in (0, 1), e.g. (0.3, 0.6, 0.8).")
+  if not 0.0 < decay_factor <= 1.0:
+    raise ValueError(f"decay_factor={decay_factor!r} must be in (0, 1], e.g. 0.2.")
+  if warmup_steps >= total_steps:
+    raise ValueError(f"warmup_steps ({warmup_steps}) must be smaller than total_steps "
+                     f"({total_steps}).")
+  boundaries = {}
+  for f in fractions:
+    step = max(int(round(f * total_steps)), warmup_steps + 1) - warmup_steps
+    boundaries[step] = boundaries.get(step, 1.0) * decay_factor
+  decay = optax.piecewise_constant_schedule(peak_value, boundaries)
+  if warmup_steps == 0:
+    return decay
+  warmup = optax.linear_schedule(0.0, peak_value, warmup_steps)
+  return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
 def _key_name(key: Any) -> str:
@@ -436,7 +484,9 @@ def make_optimizer(
   The learning rate follows ``warmup_cosine_schedule`` with peak
   ``scaled_learning_rate(base_learning_rate, batch_size, lr_scaling)``,
   ``round(warmup_epochs * steps_per_epoch)`` warmup steps, and
-  ``end_learning_rate`` (absolute, not scaled) at ``total_steps``.
+  ``end_learning_rate`` (absolute, not scaled) at ``total_steps``; with
+  ``schedule='step'`` it follows ``warmup_step_schedule`` instead (the peak
+  multiplied by ``decay_factor`` at each of ``decay_fractions`` of the run).
 
   * lars: ``optax.lars`` with ``weight_decay_mask = trust_ratio_mask =
     decay_mask`` (LARS, You et al. 2017; SimCLR/BYOL exclude biases and
@@ -508,8 +558,15 @@ def make_optimizer(
 
   peak_lr = scaled_learning_rate(base_lr, batch_size, config["lr_scaling"])
   warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+  if config["schedule"] not in SCHEDULES:
+    raise ValueError(f"optim_config.schedule is {config['schedule']!r}; use one of {SCHEDULES}.")
   try:
-    schedule = warmup_cosine_schedule(peak_lr, total_steps, warmup_steps, end_lr)
+    if config["schedule"] == "step":
+      schedule = warmup_step_schedule(peak_lr, total_steps, warmup_steps,
+                                      config["decay_fractions"],
+                                      float(config["decay_factor"]))
+    else:
+      schedule = warmup_cosine_schedule(peak_lr, total_steps, warmup_steps, end_lr)
   except ValueError as e:
     raise ValueError(
         f"{e} (warmup_epochs={warmup_epochs} x steps_per_epoch={steps_per_epoch} = "

@@ -101,7 +101,11 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
   # not depend on how the batch is split over devices (1 device == 8 devices).
   example_keys = jax.vmap(jax.random.fold_in, (None, 0))(
       aug_key, _global_index(local_batch, axis_name))
-  views = augment.views(example_keys, images, recipes)
+  make_views = getattr(method, "make_views", None)
+  if make_views is None:
+    views = augment.views(example_keys, images, recipes)
+  else:
+    views = make_views(example_keys, images, recipes, config=config)
   loss_key = jax.random.fold_in(loss_key, jax.lax.axis_index(axis_name))
 
   loss_method = method

@@ -33,6 +33,22 @@ Optional parts (the trainer calls them only when a method defines them):
   USES_EXAMPLE_INDEX = True
       ``loss_fn`` then also gets ``example_index``: int32 [n], each example's
       position in the training split (DeepCluster's pseudo-labels, memory bank).
+  make_views(example_keys, images, recipes, *, config) -> views
+      Replaces the step's ``augment.views(example_keys, images, recipes)`` for
+      methods whose inputs are not plain augmented views (Jigsaw's shuffled
+      tiles and permutation labels, CPC's per-patch augmentations). Gets the
+      step's per-example keys (folded with the GLOBAL example index) and the
+      batch exactly as ``augment.views`` would, so its randomness does not
+      depend on how the batch is split over devices; returns any pytree of
+      per-example arrays, handed to ``loss_fn`` as ``views``. Per-example
+      randomness belongs here, not in ``loss_fn``, whose ``key`` is folded with
+      the device index.
+
+The encoder that ``load_encoder`` and the kNN monitor apply is
+``models.encoder.build_encoder(config.model)``; a method whose backbone is not
+the plain ResNet on the whole image (CPC: the ResNet on a grid of patches,
+mean-pooled) says so through ``config.model`` (``patch_size``), never in the
+evaluation code.
 
 Adding a method = one module here, its name in ``_METHODS``, a config, a test.
 """
@@ -43,7 +59,7 @@ import importlib
 import types
 
 _METHODS = ("simclr", "byol", "mocov2", "simsiam", "mocov3", "swav", "deepcluster",
-            "deepclusterv2")
+            "deepclusterv2", "rotnet", "jigsaw", "cpc")
 
 
 def get_method(name: str) -> types.ModuleType:
