@@ -33,6 +33,12 @@ Optional parts (the trainer calls them only when a method defines them):
   USES_EXAMPLE_INDEX = True
       ``loss_fn`` then also gets ``example_index``: int32 [n], each example's
       position in the training split (DeepCluster's pseudo-labels, memory bank).
+  embed(params, batch_stats, views, *, config, axis_name) -> (embeddings, batch_stats)
+  loss_from_embeddings(embeddings, method_state, key, *, config, axis_name)
+      -> (loss, (method_state, metrics))
+      ``loss_fn`` split in two, for batch-coupled losses (SimCLR): lets
+      ``config.microbatches`` use gradient caching (``ssl_jax.microbatch``)
+      instead of accumulation, so the loss stays that of the whole batch.
   make_views(example_keys, images, recipes, *, config) -> views
       Replaces the step's ``augment.views(example_keys, images, recipes)`` for
       methods whose inputs are not plain augmented views (Jigsaw's shuffled
