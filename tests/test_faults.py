@@ -337,6 +337,14 @@ def test_restore_raw_skips_damaged_newest(reference_run, tmp_path):
   assert steps_on_disk(workdir) == [2, 4, 6, 8]  # read-only use: nothing moved
 
 
+def test_restore_raw_reads_checkpoints_older_than_checksums(reference_run, tmp_path, caplog):
+  workdir = copy_run(reference_run, tmp_path)
+  _strip_checksums(os.path.join(workdir, "checkpoints", "8"))
+  _, _, step = checkpoint.restore_raw(workdir)  # load_encoder / init_from of an old run
+  assert step == 8
+  assert any("has no checksums" in r.getMessage() for r in caplog.records)
+
+
 def test_other_model_is_refused_not_quarantined(reference_run, tmp_path):
   workdir = copy_run(reference_run, tmp_path)
   abstract = reference_run.abstract.replace(
