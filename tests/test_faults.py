@@ -8,8 +8,8 @@ subprocess runs the real CLI with SimCLR for SIGTERM. Damaged-checkpoint tests
 damage copies of one module-scoped run.
 """
 
-import functools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -22,14 +22,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 import pytest
 
 from ssl_jax import augment
 from ssl_jax import checkpoint
+from ssl_jax import data
 from ssl_jax import methods
 from ssl_jax import optim
 from ssl_jax import train
+from ssl_jax.data import builders
+from ssl_jax.data import crops
 from ssl_jax.parallel import make_mesh
+import tiny_datasets as tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -549,15 +554,6 @@ def test_full_disk_fails_before_compile(data_dir, reference_run, tmp_path, no_co
 
 # --- Bad data: corrupt images, 16-bit images, empty folders, missing splits -----------------
 
-import logging  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
-from PIL import Image  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
-from ssl_jax import data  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from ssl_jax.data import builders  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-import tiny_datasets as tiny  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
-
 def _folder_with_corrupt_jpegs(root, variable_size):
   """2 classes x 4 train JPEGs (+ 1 test each); two train files damaged."""
   sizes = [(12, 10), (9, 14)] if variable_size else None
@@ -609,7 +605,6 @@ def test_16_bit_and_rgba_images_are_converted(tmp_path):
   assert image.dtype == np.uint8 and image.shape == (4, 5, 3)
   np.testing.assert_array_equal(image, 40000 // 256)  # scaled, not clipped at 255
   np.testing.assert_array_equal(builders.load_rgb(str(rgba)), np.full((4, 5, 3), [10, 20, 30]))
-  from ssl_jax.data import crops  # pylint: disable=g-import-not-at-top
   np.testing.assert_array_equal(crops.decode(grey16.read_bytes()), 40000 // 256)
 
 
