@@ -279,19 +279,27 @@ def _resolve(path: str) -> tuple[str, list[int]]:
       f"'{CHECKPOINT_DIR}/<step>/'), its '{CHECKPOINT_DIR}' directory, or one step directory.")
 
 
-def restore_raw(path: str) -> tuple[dict, dict, int]:
+def restore_raw(path: str, sharding: jax.sharding.Sharding | None = None
+                ) -> tuple[dict, dict, int]:
   """(state as nested dicts of host arrays, meta, step) from any checkpoint path.
 
-  Used where the optimizer structure is unknown or irrelevant: ``init_from``
-  and ``load_encoder`` only need params and batch statistics. Works whatever
+  Used where the optimizer structure is unknown or irrelevant: ``init_from``,
+  ``load_encoder`` and the evaluation protocols only need params and batch
+  statistics. Works whatever
   the device topology that wrote the checkpoint (8 devices, 2 hosts, a pod):
   every array is restored whole onto this process's first local device, with
   shapes and dtypes from the checkpoint's own metadata. The newest checkpoint
   whose checksums match is used; damaged ones are skipped with a warning (and
   left where they are: this is a read-only use).
+
+  Args:
+    path: a workdir, its ``checkpoints`` directory or one step directory.
+    sharding: where each (whole) array is restored; default the first local
+      device. Every state array is replicated in training, so each process
+      restores all of it.
   """
   directory, steps = _resolve(path)
-  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  local = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   errors = []
   for step in steps:
     step_dir = os.path.join(directory, str(step))

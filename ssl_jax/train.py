@@ -16,6 +16,7 @@ import shutil
 import signal
 import threading
 import time
+import types
 from typing import Any, Iterator
 
 from absl import logging
@@ -32,7 +33,9 @@ from ssl_jax import checkpoint
 from ssl_jax import config_lib
 from ssl_jax import data
 from ssl_jax import diagnostics
+from ssl_jax import epoch_hooks
 from ssl_jax import evaluate
+from ssl_jax.evaluate import plots
 from ssl_jax import metrics_io
 from ssl_jax import methods
 from ssl_jax import microbatch
@@ -98,14 +101,29 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
   # not depend on how the batch is split over devices (1 device == 8 devices).
   example_keys = jax.vmap(jax.random.fold_in, (None, 0))(
       aug_key, _global_index(local_batch, axis_name))
-  views = augment.views(example_keys, images, recipes)
+  make_views = getattr(method, "make_views", None)
+  if make_views is None:
+    views = augment.views(example_keys, images, recipes)
+  else:
+    views = make_views(example_keys, images, recipes, config=config)
   loss_key = jax.random.fold_in(loss_key, jax.lax.axis_index(axis_name))
 
+  loss_method = method
+  if getattr(method, "USES_EXAMPLE_INDEX", False):
+    # Methods with per-example state (DeepCluster's pseudo-labels and memory bank)
+    # also get each example's dataset index; they run without micro-batches.
+    if config.get("microbatches", 1) != 1:
+      raise ValueError(f"config.method={config.method!r} keeps per-example state and does not "
+                       "support config.microbatches > 1; set it to 1.")
+    loss_method = types.SimpleNamespace(
+        loss_fn=functools.partial(method.loss_fn, example_index=batch["index"]))
   (loss, (batch_stats, method_state, metrics)), grads = microbatch.value_and_grad(
-      method, state.params, state.batch_stats, state.method_state, views, loss_key,
+      loss_method, state.params, state.batch_stats, state.method_state, views, loss_key,
       config=config, axis_name=axis_name, num_chunks=config.get("microbatches", 1))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if hasattr(method, "project_params"):  # e.g. SwAV: prototypes back onto the unit sphere
+    params = method.project_params(params, config)
   method_state = method.post_update(params, batch_stats, method_state, state.step + 1, config,
                                      total_steps=total_steps)
   grad_norm = optax.global_norm(grads)
@@ -335,7 +353,7 @@ class PreemptionNotice:
 
 def _put_batch(batch: dict, sharding) -> dict:
   """Host-local numpy batch (labels dropped) -> global arrays sharded over the mesh."""
-  batch = {k: v for k, v in batch.items() if k in ("image", "views")}
+  batch = {k: v for k, v in batch.items() if k in ("image", "views", "index")}
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
@@ -409,7 +427,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Args:
     config: the run config (see ``configs/``).
-    workdir: checkpoints, metrics.jsonl, TensorBoard events, curves.png.
+    workdir: checkpoints, metrics.jsonl, TensorBoard events, curves.png,
+      feature_map.png (written when the run finishes).
     stop_at_step: stop early at this step with a checkpoint, as a preempted
       run would; the schedule is still the one of the whole run.
   """
@@ -481,6 +500,12 @@ def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNot
   collapse_warned = False
   end_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
   for step in range(start_step, end_step):
+    if hasattr(method, "epoch_start") and step % steps_per_epoch == 0:
+      # The method's epoch-start hook (DeepCluster's re-clustering, SwAV's queue
+      # start): all it computes goes into the state, so a resume is exact.
+      state = epoch_hooks.run_epoch_start(method, state, config=config, mesh=mesh, tx=tx,
+                                          step=step, steps_per_epoch=steps_per_epoch,
+                                          writer=writer)
     state, metrics = step_fn(state, _put_batch(next(batches), sharding))
     pending.append(metrics)
     done = step + 1
@@ -534,6 +559,10 @@ def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNot
   if knn_every and end_step == total_steps > start_step and not results["preempted"]:
     results["knn_top1"] = run_knn(total_steps)
   progress.close()
+  if end_step == total_steps > start_step and jax.process_count() == 1:
+    # The 2-D PCA map of the test features (at most plots.MAX_POINTS of them).
+    plots.write_feature_map(workdir, config, state.params, state.batch_stats, mesh,
+                            step=total_steps)
   checkpoint.wait_until_finished(manager)
   manager.close()
   writer.close(plot=True)

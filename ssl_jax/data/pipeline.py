@@ -122,9 +122,10 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, start_step:
       ``jax.process_count()``.
 
   Yields:
-    Fixed-size datasets: ``{'image': uint8 [G/P, H, W, 3], 'label': int32 [G/P]}``.
-    Variable-size datasets: ``{'views': (uint8 [G/P, r.size, r.size, 3] per recipe),
-    'label': int32 [G/P]}``, the crop of view ``v`` of global batch row ``i`` at step
+    Fixed-size datasets: ``{'image': uint8 [G/P, H, W, 3], 'label': int32 [G/P],
+    'index': int32 [G/P]}`` (``index``: the example's position in the split, as in
+    ``eval_batches``' order). Variable-size datasets: ``{'views': (uint8 [G/P, r.size,
+    r.size, 3] per recipe), 'label': int32 [G/P], 'index': int32 [G/P]}``, the crop of view ``v`` of global batch row ``i`` at step
     ``s`` drawn from ``np.random.default_rng((seed, s, i, v))``.
   """
   config = _checked(data_config)
@@ -149,10 +150,12 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, start_step:
 
   def load(step: int) -> dict:
     positions = step * global_batch_size + first_row + np.arange(batch)
-    records = source.__getitems__(order.indices(positions).tolist())
+    indices = order.indices(positions)
+    records = source.__getitems__(indices.tolist())
     labels = np.asarray([r["label"] for r in records], np.int32)
+    index = indices.astype(np.int32)
     if pool is None:
-      return {"image": dataset.images(records), "label": labels}
+      return {"image": dataset.images(records), "label": labels, "index": index}
 
     def crop(row):
       rngs = [np.random.default_rng((seed, step, first_row + row, v))
@@ -160,7 +163,7 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, start_step:
       return crops.random_resized_crops(records[row]["image"], crop_recipes, rngs)
 
     views = list(zip(*pool.map(crop, range(batch))))
-    return {"views": tuple(np.stack(v) for v in views), "label": labels}
+    return {"views": tuple(np.stack(v) for v in views), "label": labels, "index": index}
 
   steps = grain.MapDataset.range(start_step, _FOREVER).map(load)
   return _iterate(steps, config)
