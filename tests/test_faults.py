@@ -33,6 +33,7 @@ from ssl_jax import optim
 from ssl_jax import train
 from ssl_jax.data import builders
 from ssl_jax.data import crops
+from ssl_jax.evaluate import plots
 from ssl_jax.parallel import make_mesh
 import tiny_datasets as tiny
 
@@ -111,6 +112,8 @@ def stand_in(monkeypatch):
   def use(nan_from_step=None):
     fake = make_stand_in(nan_from_step)
     monkeypatch.setattr(methods, "get_method", lambda name: fake if name == "simclr" else real(name))
+    # The end-of-run feature map needs a real encoder; it is not under test here.
+    monkeypatch.setattr(plots, "write_feature_map", lambda *args, **kwargs: None)
     return fake
 
   use()
@@ -124,6 +127,7 @@ def reference_run(data_dir, tmp_path_factory):
   fake = make_stand_in()
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(methods, "get_method", lambda name: fake)
+    patch.setattr(plots, "write_feature_map", lambda *args, **kwargs: None)
     results = train.train_and_evaluate(stand_in_config(data_dir), workdir)
     config = stand_in_config(data_dir)
     tx, _ = optim.make_optimizer(config.optim, total_steps=STEPS, steps_per_epoch=100,
