@@ -559,7 +559,8 @@ def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNot
   if knn_every and end_step == total_steps > start_step and not results["preempted"]:
     results["knn_top1"] = run_knn(total_steps)
   progress.close()
-  if end_step == total_steps > start_step and jax.process_count() == 1:
+  if (end_step == total_steps > start_step and jax.process_count() == 1
+      and not results["preempted"]):
     # The 2-D PCA map of the test features (at most plots.MAX_POINTS of them).
     plots.write_feature_map(workdir, config, state.params, state.batch_stats, mesh,
                             step=total_steps)

@@ -8,8 +8,8 @@ subprocess runs the real CLI with SimCLR for SIGTERM. Damaged-checkpoint tests
 damage copies of one module-scoped run.
 """
 
-import functools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -22,14 +22,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 import pytest
 
 from ssl_jax import augment
 from ssl_jax import checkpoint
+from ssl_jax import data
 from ssl_jax import methods
 from ssl_jax import optim
 from ssl_jax import train
+from ssl_jax.data import builders
+from ssl_jax.data import crops
+from ssl_jax.evaluate import plots
 from ssl_jax.parallel import make_mesh
+import tiny_datasets as tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -106,6 +112,8 @@ def stand_in(monkeypatch):
   def use(nan_from_step=None):
     fake = make_stand_in(nan_from_step)
     monkeypatch.setattr(methods, "get_method", lambda name: fake if name == "simclr" else real(name))
+    # The end-of-run feature map needs a real encoder; it is not under test here.
+    monkeypatch.setattr(plots, "write_feature_map", lambda *args, **kwargs: None)
     return fake
 
   use()
@@ -119,6 +127,7 @@ def reference_run(data_dir, tmp_path_factory):
   fake = make_stand_in()
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(methods, "get_method", lambda name: fake)
+    patch.setattr(plots, "write_feature_map", lambda *args, **kwargs: None)
     results = train.train_and_evaluate(stand_in_config(data_dir), workdir)
     config = stand_in_config(data_dir)
     tx, _ = optim.make_optimizer(config.optim, total_steps=STEPS, steps_per_epoch=100,
@@ -337,6 +346,14 @@ def test_restore_raw_skips_damaged_newest(reference_run, tmp_path):
   assert steps_on_disk(workdir) == [2, 4, 6, 8]  # read-only use: nothing moved
 
 
+def test_restore_raw_reads_checkpoints_older_than_checksums(reference_run, tmp_path, caplog):
+  workdir = copy_run(reference_run, tmp_path)
+  _strip_checksums(os.path.join(workdir, "checkpoints", "8"))
+  _, _, step = checkpoint.restore_raw(workdir)  # load_encoder / init_from of an old run
+  assert step == 8
+  assert any("has no checksums" in r.getMessage() for r in caplog.records)
+
+
 def test_other_model_is_refused_not_quarantined(reference_run, tmp_path):
   workdir = copy_run(reference_run, tmp_path)
   abstract = reference_run.abstract.replace(
@@ -541,15 +558,6 @@ def test_full_disk_fails_before_compile(data_dir, reference_run, tmp_path, no_co
 
 # --- Bad data: corrupt images, 16-bit images, empty folders, missing splits -----------------
 
-import logging  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
-from PIL import Image  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
-from ssl_jax import data  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from ssl_jax.data import builders  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-import tiny_datasets as tiny  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
-
 def _folder_with_corrupt_jpegs(root, variable_size):
   """2 classes x 4 train JPEGs (+ 1 test each); two train files damaged."""
   sizes = [(12, 10), (9, 14)] if variable_size else None
@@ -601,7 +609,6 @@ def test_16_bit_and_rgba_images_are_converted(tmp_path):
   assert image.dtype == np.uint8 and image.shape == (4, 5, 3)
   np.testing.assert_array_equal(image, 40000 // 256)  # scaled, not clipped at 255
   np.testing.assert_array_equal(builders.load_rgb(str(rgba)), np.full((4, 5, 3), [10, 20, 30]))
-  from ssl_jax.data import crops  # pylint: disable=g-import-not-at-top
   np.testing.assert_array_equal(crops.decode(grey16.read_bytes()), 40000 // 256)
 
 
