@@ -126,7 +126,13 @@ def bench_one(method_name, depth, batch_size, microbatches, remat, mesh, ceiling
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
+  # NT-Xent's similarity matrix: (2B)^2 dot products of width D, forward and
+  # backward (3 matmuls of 2 (2B)^2 D FLOPs): the only O(B^2) term of the step.
+  similarity_flops = 0.0
+  if "simclr" in config:
+    similarity_flops = 3 * 2 * (2 * batch_size) ** 2 * config.simclr.projection_dim
   return {
+      "similarity_share": similarity_flops / flops if flops else float("nan"),
       "method": method_name, "depth": depth, "base_width": _WIDTH.value,
       "batch": batch_size, "microbatches": microbatches, "remat": remat, "image": size,
       "devices": mesh.size,
@@ -149,7 +155,7 @@ def main(argv):
   print(f"\n{mesh.size} x {jax.devices()[0].platform} devices; matmul ceiling "
         f"{ceiling / 1e9:.1f} GFLOP/s (float32, measured in this run)\n")
   cols = ["method", "depth", "base_width", "batch", "microbatches", "remat", "image",
-          "images_per_sec", "ms_per_step", "compile_s", "gflops_per_step", "mfu", "xla_memory_mb",
+          "images_per_sec", "ms_per_step", "compile_s", "gflops_per_step", "similarity_share", "mfu", "xla_memory_mb",
           "xla_temp_mb", "peak_rss_mb"]
   print("| " + " | ".join(cols) + " |")
   print("|" + "---|" * len(cols))

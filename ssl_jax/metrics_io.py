@@ -40,6 +40,21 @@ class MetricsWriter:
       with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
         f.write(config.to_json_best_effort(indent=2))
 
+  def drop_after(self, step: int) -> None:
+    """Removes records of steps after ``step`` (a resumed run logs them again)."""
+    if not self.enabled:
+      return
+    path = os.path.join(self.workdir, METRICS_FILE)
+    records = read_metrics(self.workdir)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    if len(kept) == len(records):
+      return
+    self._file.close()
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(path + ".tmp", path)
+    self._file = open(path, "a", encoding="utf-8")
+
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return

@@ -26,6 +26,9 @@ BYOL reference implementations unless noted):
   training, running averages in evaluation, kept in the ``batch_stats``
   collection; with ``axis_name`` set the statistics are averaged over that
   named mesh axis (cross-replica BN, as SimCLR/BYOL use on TPU pods).
+  ``'layer'``: LayerNorm over (H, W, C) of each example (GroupNorm with one
+  group), as CPC v2 (Hénaff et al. 2019, Sec. 3) uses so that no statistic is
+  shared between the patches of a batch; no ``batch_stats`` either.
   ``'group_ws'``: GroupNorm + Weight Standardization (Qiao et al. 2019), as in
   "BYOL works even without batch statistics" (Richemond et al. 2020). No
   ``batch_stats`` collection exists at all, so train and eval are the same
@@ -64,7 +67,7 @@ STAGE_SIZES = {
 }
 BOTTLENECK_EXPANSION = 4  # a bottleneck block outputs 4x its inner width
 STEMS = ('imagenet', 'cifar')
-NORMS = ('batch', 'group_ws')
+NORMS = ('batch', 'group_ws', 'layer')
 
 # GroupNorm uses 32 groups (Wu & He 2018's default; Richemond et al. 2020 and BiT
 # follow it). See `group_norm_groups` for narrow layers.
@@ -290,7 +293,7 @@ class ResNet(nn.Module):
       x: float [B, H, W, C] images (already normalised; C is usually 3).
       train: BatchNorm uses batch statistics and updates the running averages
         (pass ``mutable=['batch_stats']`` to ``apply``) when True, the running
-        averages when False. No effect for ``norm='group_ws'``.
+        averages when False. No effect for ``norm='group_ws'`` or ``'layer'``.
 
     Returns:
       float32 [B, num_features] global-average-pooled features of the last stage.
@@ -308,11 +311,16 @@ class ResNet(nn.Module):
                                momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                axis_name=self.axis_name, dtype=self.dtype,
                                param_dtype=jnp.float32)
-    else:
+    elif self.norm == 'group_ws':
       conv = functools.partial(StandardizedConv, use_bias=False, dtype=self.dtype,
                                param_dtype=jnp.float32)
       norm = functools.partial(GroupNorm, epsilon=self.bn_epsilon, dtype=self.dtype,
                                param_dtype=jnp.float32)
+    else:  # 'layer': one group = LayerNorm over (H, W, C) of each example (CPC v2)
+      conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                               param_dtype=jnp.float32)
+      norm = functools.partial(GroupNorm, max_groups=1, epsilon=self.bn_epsilon,
+                               dtype=self.dtype, param_dtype=jnp.float32)
 
     width = self.base_width * self.width_multiplier
     x = x.astype(self.dtype)

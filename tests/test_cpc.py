@@ -1,0 +1,179 @@
+"""CPC v2: patch grid, causal context, InfoNCE vs NumPy float64, 1 vs 8 devices, smoke run."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from ssl_jax import train
+from ssl_jax.methods import cpc
+from ssl_jax.models import context as context_lib
+from ssl_jax.models import encoder as encoder_lib
+from ssl_jax.parallel import make_mesh
+
+import method_testing
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_patch_grid_geometry():
+  assert encoder_lib.patch_grid(32, 8, 4) == 7      # CIFAR: 7x7, 50% overlap
+  assert encoder_lib.patch_grid(256, 64, 32) == 7   # the paper's grid
+  with pytest.raises(ValueError, match="multiple of the stride"):
+    encoder_lib.patch_grid(30, 8, 4)
+  images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  patches = np.asarray(encoder_lib.extract_patches(images, 8, 4))
+  assert patches.shape == (2, 7, 7, 8, 8, 3)
+  for i in range(7):
+    for j in range(7):
+      np.testing.assert_array_equal(patches[:, i, j], images[:, 4 * i:4 * i + 8, 4 * j:4 * j + 8])
+  # Neighbours overlap by half a patch.
+  np.testing.assert_array_equal(patches[:, 0, 0, :, 4:], patches[:, 0, 1, :, :4])
+  np.testing.assert_array_equal(patches[:, 0, 0, 4:], patches[:, 1, 0, :4])
+
+
+def test_context_is_causal_over_rows():
+  net = context_lib.ContextNetwork(width=8, bottleneck=4, num_blocks=3, output_dim=6)
+  z = jax.random.normal(jax.random.key(0), (2, 7, 5, 3))
+  params = net.init(jax.random.key(1), z)
+
+  @jax.jit
+  def row_sensitivity(z):  # [r, row]: how much c[:, r] depends on z[:, row]
+    grads = [jax.grad(lambda z, r=r: jnp.sum(net.apply(params, z)[:, r] ** 2))(z)
+             for r in range(7)]
+    return jnp.stack([jnp.sum(jnp.abs(g), axis=(0, 2, 3)) for g in grads])
+
+  sensitivity = np.asarray(row_sensitivity(z))
+  for r in range(7):
+    row_norms = sensitivity[r]
+    assert np.all(row_norms[r + 1:] == 0.0), (r, row_norms)
+    assert row_norms[r] > 0.0
+    if r > 0:
+      assert row_norms[r - 1] > 0.0
+  # Perturbing the rows below r leaves c[:, :r + 1] unchanged exactly.
+  perturbed = z.at[:, 4:].add(10.0)
+  apply = jax.jit(net.apply)
+  np.testing.assert_array_equal(np.asarray(apply(params, z))[:, :4],
+                                np.asarray(apply(params, perturbed))[:, :4])
+
+
+def test_bidirectional_predictions_never_see_their_target_rows():
+  def context():
+    return context_lib.ContextNetwork(width=8, bottleneck=4, num_blocks=2, output_dim=6)
+  model = cpc.CPCModel(encoder=None, context_down=context(), context_up=context(),
+                       prediction_steps=2, encoder_dim=3)
+  z = jax.random.normal(jax.random.key(0), (2, 7, 5, 3))
+  params = model.init(jax.random.key(1), z, method=cpc.CPCModel.predict)
+
+  @jax.jit
+  def sensitivity(z):  # {(k, r): how much the prediction at row r for k depends on each row}
+    def out(z, k, r):
+      return jnp.sum(model.apply(params, z, method=cpc.CPCModel.predict)[k - 1][:, r] ** 2)
+    return {(k, r): jnp.sum(jnp.abs(jax.grad(out)(z, k, r)), axis=(0, 2, 3))
+            for k in (1, 2) for r in range(7 - k)}
+
+  for (k, r), rows in sensitivity(z).items():
+    rows = np.asarray(rows)
+    assert np.all(rows[r + 1:r + k + 1] == 0.0), (k, r, rows)   # the target rows stay hidden
+    assert rows[r] > 0.0, (k, r, rows)                           # its own row (top-down)
+    assert r + k + 1 >= 7 or rows[r + k + 1] > 0.0, (k, r, rows)  # the rows below (bottom-up)
+
+
+def _reference_loss(predictions, z):
+  """CPC InfoNCE in float64, loops over queries (independent of the code under test)."""
+  z = np.asarray(z, np.float64)
+  n, rows, cols, dim = z.shape
+  keys = z.reshape(-1, dim)
+  per_k, acc_k = [], []
+  for k, pred in enumerate(predictions, start=1):
+    pred = np.asarray(pred, np.float64)
+    losses, hits = [], []
+    for b in range(n):
+      for r in range(rows - k):
+        for c in range(cols):
+          logits = keys @ pred[b, r, c]
+          target = (b * rows + r + k) * cols + c
+          m = logits.max()
+          losses.append(m + np.log(np.sum(np.exp(logits - m))) - logits[target])
+          hits.append(np.argmax(logits) == target)
+    per_k.append(np.mean(losses))
+    acc_k.append(np.mean(hits))
+  return np.mean(per_k), np.mean(acc_k)
+
+
+def _random_inputs(n=8, rows=5, cols=4, dim=6, steps=3, seed=0):
+  rng = np.random.default_rng(seed)
+  z = rng.normal(size=(n, rows, cols, dim)).astype(np.float32)
+  predictions = [rng.normal(size=(n, rows - k, cols, dim)).astype(np.float32)
+                 for k in range(1, steps + 1)]
+  return predictions, z
+
+
+def test_info_nce_matches_numpy_float64():
+  predictions, z = _random_inputs()
+  loss, accuracy = cpc.cpc_info_nce(predictions, z)
+  ref_loss, ref_accuracy = _reference_loss(predictions, z)
+  np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+  np.testing.assert_allclose(float(accuracy), ref_accuracy, rtol=1e-6)
+
+
+def test_info_nce_positives_are_the_right_image_and_position():
+  n, rows, cols = 3, 4, 3
+  z = np.eye(n * rows * cols, dtype=np.float32).reshape(n, rows, cols, -1)
+  right = [30.0 * z[:, k:] for k in (1, 2)]
+  loss, accuracy = cpc.cpc_info_nce(right, z)
+  assert float(loss) < 1e-6 and float(accuracy) == 1.0
+  for wrong in ([30.0 * z[:, :rows - k] for k in (1, 2)],              # the context's own row
+                [30.0 * np.roll(z[:, k:], 1, axis=0) for k in (1, 2)],  # another image
+                [30.0 * np.roll(z[:, k:], 1, axis=2) for k in (1, 2)]):  # another column
+    loss, accuracy = cpc.cpc_info_nce(wrong, z)
+    assert float(loss) > 20.0 and float(accuracy) == 0.0
+
+
+@pytest.mark.parametrize("num_devices", [8])
+def test_info_nce_8_devices_equals_1_device(num_devices):
+  predictions, z = _random_inputs(n=16)
+  mesh = make_mesh(jax.devices()[:num_devices])
+  fn = jax.jit(jax.shard_map(functools.partial(cpc.cpc_info_nce, axis_name="batch"), mesh=mesh,
+                             in_specs=(P("batch"), P("batch")), out_specs=(P(), P())))
+  loss, accuracy = fn(predictions, z)
+  ref_loss, ref_accuracy = _reference_loss(predictions, z)
+  np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+  np.testing.assert_allclose(float(accuracy), ref_accuracy, rtol=1e-6)
+  # And the gradient w.r.t. z equals the single-device one.
+  g8 = jax.grad(lambda z: fn(predictions, z)[0])(z)
+  g1 = jax.grad(lambda z: cpc.cpc_info_nce(predictions, z)[0])(z)
+  np.testing.assert_allclose(np.asarray(g8), np.asarray(g1), rtol=1e-4, atol=1e-7)
+
+
+def test_loss_8_devices_equals_1_device(data_dir):
+  config = method_testing.method_config("cpc", data_dir, **{"cpc.prediction_steps": 2})
+  cfg = config.cpc
+  cfg.context_width, cfg.context_bottleneck, cfg.context_dim = 16, 8, 16
+  loss, metrics = method_testing.assert_loss_device_invariant(config)
+  # At init every patch feature is about as likely: loss ~ log(16 images x 9 patches).
+  assert abs(float(loss) - np.log(16 * 9)) < 1.5
+  assert 0.0 <= metrics["cpc_accuracy"] <= 1.0
+
+
+def test_smoke_run_with_knn_on_pooled_patch_features(data_dir, tmp_path):
+  config = method_testing.method_config(
+      "cpc", data_dir, total_steps=12, log_every_steps=4, batch_size=16,
+      **{"cpc.prediction_steps": 2, "knn.every_epochs": 1000.0})
+  cfg = config.cpc
+  cfg.context_width, cfg.context_bottleneck, cfg.context_dim = 16, 8, 16
+  results = train.train_and_evaluate(config, str(tmp_path))
+  records = [r for r in method_testing.read_metrics(str(tmp_path)) if "loss" in r]
+  losses = [r["loss"] for r in records]
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < losses[0], losses
+  assert "cpc_accuracy" in records[-1]
+  # The kNN monitor applied the patch encoder (mean-pooled patch features).
+  assert isinstance(encoder_lib.build_encoder(config.model), encoder_lib.PatchEncoder)
+  assert 0.0 <= results["knn_top1"] <= 1.0
