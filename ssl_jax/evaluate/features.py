@@ -9,6 +9,8 @@ protocol runs on (the pre-training one, or another for transfer), and
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import os
 from typing import Any
 
@@ -30,12 +32,20 @@ def make_feature_fn(config, mesh, *, normalize: bool = True):
 
   Eval-mode BatchNorm; ``normalize`` l2-normalises the features (the kNN
   monitor); the linear probe takes them raw and standardises them itself.
+  Compiled once per (model, view size, mesh, normalize): the protocols of one
+  process share it.
   """
-  size = config.augment.size
+  return _feature_fn(json.dumps(config.model.to_dict(), sort_keys=True),
+                     int(config.augment.size), mesh, normalize)
+
+
+@functools.lru_cache(maxsize=16)
+def _feature_fn(model_json: str, size: int, mesh, normalize: bool):
+  model_config = ml_collections.ConfigDict(json.loads(model_json))
 
   def features(params, batch_stats, images):
     x = augment.center_view(images, size)
-    f = encoder_lib.encode(config.model, params, batch_stats, x).astype(jnp.float32)
+    f = encoder_lib.encode(model_config, params, batch_stats, x).astype(jnp.float32)
     if normalize:
       f = f / jnp.linalg.norm(f, axis=-1, keepdims=True).clip(1e-12)
     return f

@@ -17,9 +17,12 @@ FEATURE_MAP_FILE = "feature_map.png"
 MAX_POINTS = 2000
 # PCA before t-SNE, as van der Maaten & Hinton 2008 (Sec. 4.2) recommend (they use 30).
 TSNE_PCA_DIM = 30
+# Gradient-descent iterations of t-SNE (van der Maaten & Hinton 2008 use 1000).
+TSNE_ITERS = 1000
 
 
-def embed_2d(features: np.ndarray, *, method: str = "pca", seed: int = 0) -> np.ndarray:
+def embed_2d(features: np.ndarray, *, method: str = "pca", seed: int = 0,
+             tsne_iters: int = TSNE_ITERS) -> np.ndarray:
   """float [N, D] -> float64 [N, 2] by PCA, or PCA then t-SNE."""
   from sklearn import decomposition, manifold  # pylint: disable=g-import-not-at-top
   x = np.asarray(features, np.float64)
@@ -32,7 +35,8 @@ def embed_2d(features: np.ndarray, *, method: str = "pca", seed: int = 0) -> np.
     dim = min(TSNE_PCA_DIM, x.shape[1], x.shape[0])
     x = decomposition.PCA(dim, random_state=seed).fit_transform(x)
     perplexity = min(30.0, max(1.0, (len(x) - 1) / 3))
-    return manifold.TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    return manifold.TSNE(2, perplexity=perplexity, init="pca", max_iter=tsne_iters,
+                         random_state=seed).fit_transform(x)
   raise ValueError(f"method={method!r}: use 'pca' or 'tsne'.")
 
 
