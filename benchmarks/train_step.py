@@ -48,7 +48,10 @@ _DEPTHS = flags.DEFINE_list("depths", ["18"], "ResNet depths.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["256"], "Global batch sizes.")
 _WIDTH = flags.DEFINE_integer("base_width", 64, "ResNet base width (64 = the standard model).")
 _VARIANT = flags.DEFINE_string("variant", "cifar10", "Config variant (sets stem, view size).")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
+_MICRO = flags.DEFINE_list("microbatches", ["1"], "config.microbatches values (memory study).")
+_REMAT = flags.DEFINE_list("remat", ["false"], "config.model.remat values: true/false.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step; 0: compile "
+                              "only (FLOPs and memory, no timing).")
 _OUT = flags.DEFINE_string("out", "", "JSON output path (default: print only).")
 
 
@@ -76,8 +79,10 @@ def matmul_ceiling(mesh, n: int = 2048, repeats: int = 5) -> float:
   return 2 * mesh.size * n ** 3 / min(times)
 
 
-def bench_one(method_name, depth, batch_size, mesh, ceiling):
+def bench_one(method_name, depth, batch_size, microbatches, remat, mesh, ceiling):
   config = load_config(method_name, _VARIANT.value)
+  config.microbatches = microbatches
+  config.model.remat = remat
   config.model.depth = depth
   config.model.base_width = _WIDTH.value
   config.batch_size = batch_size
@@ -104,27 +109,38 @@ def bench_one(method_name, depth, batch_size, mesh, ceiling):
   # cost_analysis of a shard_map program is per device: scale to all devices.
   flops = float(cost.get("flops", 0.0)) * mesh.size
   mem = compiled.memory_analysis()
-  xla_bytes = None
+  xla_bytes = temp_bytes = None
   if mem is not None:
+    temp_bytes = mem.temp_size_in_bytes * mesh.size
     xla_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes +
                  mem.temp_size_in_bytes - mem.alias_size_in_bytes) * mesh.size
 
-  state, metrics = compiled(state, batch)           # warm-up
-  jax.block_until_ready(metrics)
-  times = []
+  times = [float("nan")]
+  if _STEPS.value:
+    state, metrics = compiled(state, batch)           # warm-up
+    jax.block_until_ready(metrics)
+    times = []
   for _ in range(_STEPS.value):
     start = time.perf_counter()
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
+  # NT-Xent's similarity matrix: (2B)^2 dot products of width D, forward and
+  # backward (3 matmuls of 2 (2B)^2 D FLOPs): the only O(B^2) term of the step.
+  similarity_flops = 0.0
+  if "simclr" in config:
+    similarity_flops = 3 * 2 * (2 * batch_size) ** 2 * config.simclr.projection_dim
   return {
+      "similarity_share": similarity_flops / flops if flops else float("nan"),
       "method": method_name, "depth": depth, "base_width": _WIDTH.value,
-      "batch": batch_size, "image": size, "devices": mesh.size,
+      "batch": batch_size, "microbatches": microbatches, "remat": remat, "image": size,
+      "devices": mesh.size,
       "ms_per_step": 1e3 * step_s, "images_per_sec": batch_size / step_s,
       "compile_s": compile_s, "gflops_per_step": flops / 1e9,
       "mfu": flops / step_s / ceiling if flops else float("nan"),
       "xla_memory_mb": xla_bytes / 2 ** 20 if xla_bytes is not None else float("nan"),
+      "xla_temp_mb": temp_bytes / 2 ** 20 if temp_bytes is not None else float("nan"),
       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
   }
 
@@ -133,12 +149,14 @@ def main(argv):
   del argv
   mesh = make_mesh()
   ceiling = matmul_ceiling(mesh)
-  rows = [bench_one(m, int(d), int(b), mesh, ceiling)
-          for m in _METHODS.value for d in _DEPTHS.value for b in _BATCHES.value]
+  rows = [bench_one(m, int(d), int(b), int(mb), r.lower() in ("true", "1"), mesh, ceiling)
+          for m in _METHODS.value for d in _DEPTHS.value for b in _BATCHES.value
+          for mb in _MICRO.value for r in _REMAT.value]
   print(f"\n{mesh.size} x {jax.devices()[0].platform} devices; matmul ceiling "
         f"{ceiling / 1e9:.1f} GFLOP/s (float32, measured in this run)\n")
-  cols = ["method", "depth", "base_width", "batch", "image", "images_per_sec", "ms_per_step",
-          "compile_s", "gflops_per_step", "mfu", "xla_memory_mb", "peak_rss_mb"]
+  cols = ["method", "depth", "base_width", "batch", "microbatches", "remat", "image",
+          "images_per_sec", "ms_per_step", "compile_s", "gflops_per_step", "similarity_share", "mfu", "xla_memory_mb",
+          "xla_temp_mb", "peak_rss_mb"]
   print("| " + " | ".join(cols) + " |")
   print("|" + "---|" * len(cols))
   for r in rows:

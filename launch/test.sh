@@ -4,4 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/venv.sh
+# libtpu for the TPU ahead-of-time compile test, kept off the venv's path.
+if [ ! -d "$venv/libtpu/libtpu" ]; then
+  "$PY" -m pip install -q --no-deps --target "$venv/libtpu" -r requirements-tpu.txt
+fi
 exec "$PY" -m pytest -q -n 2 --dist loadfile "$@"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the launch scripts: makes ./.venv (or $SSL_JAX_VENV) once and
 # installs ssl_jax with its pinned dependencies into it; sets $PY.
 venv=${SSL_JAX_VENV:-.venv}
@@ -6,4 +7,4 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -r requirements.txt -e .
-PY="$venv/bin/python"
+export PY="$venv/bin/python"

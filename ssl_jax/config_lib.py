@@ -7,6 +7,9 @@ locked by the CLI, so an unknown field is an error that names it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+import difflib
+
 import ml_collections
 
 from ssl_jax import data
@@ -29,6 +32,10 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
   # gradient caching or accumulation, see ssl_jax/microbatch.py.
   c.microbatches = 1
   c.init_from = ""                   # workdir/checkpoint to take params from when starting fresh
+  # A step whose loss or gradients are NaN/Inf: False stops the run at the next
+  # log interval (naming the step and the last good checkpoint); True skips the
+  # update on the device and counts it in TrainState.skipped_updates.
+  c.skip_nonfinite_updates = False
 
   c.model = ml_collections.ConfigDict(dict(
       depth=50, width_multiplier=1, base_width=64, stem="imagenet", norm="batch",
@@ -65,3 +72,75 @@ def apply_runlocal(c: ml_collections.ConfigDict) -> None:
   c.model.base_width = 8
   c.knn.every_epochs = 0.0
   c.optim.warmup_epochs = 0.0
+
+
+def _field_type(config, key):
+  """The declared type of a field (placeholders included), or None if unknown."""
+  try:
+    return config.get_ref(key).get_type()
+  except (ValueError, AttributeError, KeyError):
+    value = config[key]
+    return None if value is None else type(value)
+
+
+def _type_problem(value, expected) -> str | None:
+  """Why ``value`` does not fit a field of type ``expected`` (None if it does)."""
+  if value is None or expected is None:
+    return None
+  if expected is bool:
+    ok = isinstance(value, bool)
+  elif expected is int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+  elif expected is float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  elif expected in (tuple, list):
+    ok = isinstance(value, (tuple, list))
+  else:
+    ok = isinstance(value, expected)
+  return None if ok else f"expected {expected.__name__}, got {type(value).__name__} {value!r}"
+
+
+def check_fields(config, reference, path: str = "config", *, open_keys=(),
+                 open_sections=()) -> list[str]:
+  """Unknown fields and wrong types of ``config`` against ``reference``, recursively.
+
+  Args:
+    config: the (nested) config to check.
+    reference: a config of the same layout whose values give the allowed
+      fields and their types (placeholders' declared types count).
+    path: the name of ``config`` in the messages.
+    open_keys: fields of ``config`` allowed though not in ``reference``, not
+      checked further (the method sections).
+    open_sections: sections that methods may extend with fields of their own
+      (e.g. CPC's ``model.patch_size``): there an unknown field is an error only
+      when it looks like a typo of a known one.
+
+  Returns:
+    One line per problem, each naming the field and the fix; empty if none.
+  """
+  errors = []
+  for key in config.keys():
+    name = f"{path}.{key}"
+    if key not in reference:
+      if key in open_keys:
+        continue
+      known = sorted(set(reference.keys()) | set(open_keys))
+      close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+      if close:
+        errors.append(f"{name}: unknown field; did you mean {path}.{close[0]}?")
+      elif path.split(".", 1)[-1] not in open_sections or path == "config":
+        errors.append(f"{name}: unknown field; remove it or use one of {known}")
+      continue
+    value, expected = config[key], reference[key]
+    if isinstance(expected, (Mapping, ml_collections.ConfigDict)):
+      if not isinstance(value, (Mapping, ml_collections.ConfigDict)):
+        errors.append(f"{name}: expected a section (dict) of fields, got "
+                      f"{type(value).__name__} {value!r}")
+      else:
+        errors.extend(check_fields(value, expected, name, open_sections=open_sections))
+      continue
+    problem = _type_problem(value, _field_type(reference, key))
+    if problem:
+      errors.append(f"{name}: {problem}; set it to a "
+                    f"{_field_type(reference, key).__name__} (default {expected!r})")
+  return errors

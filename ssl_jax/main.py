@@ -47,6 +47,11 @@ def main(argv):
   parallel.shutdown_distributed()
   if jax.process_index() != 0:
     return
+  if results.get("preempted"):
+    # A clean exit (status 0): the scheduler restarts the same command, which resumes.
+    print(f"ssl_jax preempted: checkpoint of step {results.get('step')} saved in "
+          f"{_WORKDIR.value}; rerun the same command to resume.", flush=True)
+    return
   logging.info("Final metrics: %s", results)
   summary = [f"step {results.get('step')}", f"loss {results.get('loss', float('nan')):.4f}"]
   if "knn_top1" in results:

@@ -17,6 +17,10 @@ import tqdm
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
+# Panels of curves.png, in order (those never logged are skipped).
+PLOTTED = ("loss", "learning_rate", "knn_top1", "embedding_std_ratio", "embedding_rank",
+           "alignment", "uniformity")
+PLOT_COLUMNS = 4
 
 
 class MetricsWriter:
@@ -35,6 +39,21 @@ class MetricsWriter:
     if self.enabled:
       with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
         f.write(config.to_json_best_effort(indent=2))
+
+  def drop_after(self, step: int) -> None:
+    """Removes records of steps after ``step`` (a resumed run logs them again)."""
+    if not self.enabled:
+      return
+    path = os.path.join(self.workdir, METRICS_FILE)
+    records = read_metrics(self.workdir)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    if len(kept) == len(records):
+      return
+    self._file.close()
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(path + ".tmp", path)
+    self._file = open(path, "a", encoding="utf-8")
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
@@ -64,16 +83,25 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def plot_curves(workdir: str) -> str | None:
-  """Loss, learning rate and kNN accuracy against step -> ``workdir/curves.png``."""
+  """Loss, learning rate, kNN accuracy and collapse metrics against step -> ``curves.png``.
+
+  Each panel is drawn only if its metric was logged; the collapse metrics are
+  those of ``ssl_jax.diagnostics`` (std ratio ~1 healthy / 0 collapsed,
+  effective rank, alignment and uniformity of Wang & Isola 2020).
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   records = read_metrics(workdir)
-  keys = [k for k in ("loss", "learning_rate", "knn_top1") if any(k in r for r in records)]
+  keys = [k for k in PLOTTED if any(k in r for r in records)]
   if not keys:
     return None
-  fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-  for ax, key in zip(axes[0], keys):
+  cols = min(len(keys), PLOT_COLUMNS)
+  rows = -(-len(keys) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+  for ax in axes.flat[len(keys):]:
+    ax.axis("off")
+  for ax, key in zip(axes.flat, keys):
     points = [(r["step"], r[key]) for r in records if key in r]
     ax.plot(*zip(*points), marker="." if len(points) < 50 else None)
     ax.set_xlabel("step")

@@ -53,9 +53,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from ml_collections import config_dict
@@ -73,6 +74,9 @@ _COMMON_FIELDS = (
     "end_learning_rate",
     "weight_decay",
     "grad_clip_norm",
+    "fixed_lr_params",
+    "frozen_params",
+    "frozen_epochs",
     "schedule",
     "decay_fractions",
     "decay_factor",
@@ -83,7 +87,8 @@ _SPECIFIC_FIELDS = {
     "adamw": ("b1", "b2", "eps"),
     "lamb": ("b1", "b2", "eps"),
 }
-_OPTIONAL = {"end_learning_rate": 0.0, "grad_clip_norm": None, "schedule": "warmup_cosine",
+_OPTIONAL = {"end_learning_rate": 0.0, "grad_clip_norm": None, "fixed_lr_params": (),
+             "frozen_params": "", "frozen_epochs": 0.0, "schedule": "warmup_cosine",
              "decay_fractions": (), "decay_factor": 0.1}
 # 'warmup_cosine': SimCLR/BYOL. 'step': piecewise-constant decay (RotNet's LUT_lr,
 # the classic ImageNet recipe), multiplied by decay_factor at each decay_fractions
@@ -285,6 +290,82 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(lambda path, _: _gets_decay(path), params)
 
 
+def _path_prefix(path: tuple[Any, ...]) -> str:
+  return "/".join(_key_name(k) for k in path)
+
+
+def fixed_lr_labels(params: Any, prefixes) -> Any:
+  """'fixed' for leaves whose '/'-joined path starts with one of ``prefixes``, else 'scheduled'.
+
+  A prefix matches whole path components: 'predictor' matches
+  'predictor/hidden_0/kernel', not 'predictor2/...'.
+  """
+  prefixes = tuple(p.strip("/") for p in prefixes)
+
+  def label(path, _):
+    name = _path_prefix(path)
+    fixed = any(name == p or name.startswith(p + "/") for p in prefixes)
+    return "fixed" if fixed else "scheduled"
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+class FreezeState(NamedTuple):
+  """State of ``freeze_for_steps``: steps taken and the wrapped optimizer's state."""
+  count: jax.Array
+  inner_state: Any
+
+
+def frozen_mask(params: Any, pattern: str) -> Any:
+  """True for the leaves whose '/'-joined path matches the regex ``pattern`` (search)."""
+  regex = re.compile(pattern)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: bool(regex.search("/".join(_key_name(k) for k in path))), params)
+
+
+def freeze_for_steps(inner: optax.GradientTransformation, pattern: str,
+                     num_steps: int) -> optax.GradientTransformation:
+  """``inner`` with the params matching ``pattern`` frozen for the first ``num_steps`` steps.
+
+  SwAV's ``freeze_prototypes_niters`` (Caron et al. 2020, Sec. 4 / appendix A.1;
+  facebookresearch/swav main_swav.py sets ``p.grad = None`` for the prototypes,
+  so ``torch.optim`` skips them: no step, no weight decay, no momentum). Here,
+  while frozen, the matched leaves enter ``inner`` with a zero gradient AND a zero
+  parameter (so no weight decay and, for LARS, trust ratio 1 on a zero update),
+  and their final update is zeroed. Momentum-type states (SGD, LARS) that start at
+  zero therefore stay exactly zero for those leaves, as if they were skipped;
+  Adam's step count still advances (its bias correction differs slightly).
+
+  Args:
+    inner: the optimizer to wrap.
+    pattern: regex searched in each leaf's '/'-joined path, e.g. 'prototypes'.
+    num_steps: steps (counted from 0) during which the matched leaves stay fixed.
+
+  Returns:
+    An ``optax.GradientTransformation``; ``update`` needs ``params``.
+  """
+  if num_steps < 0:
+    raise ValueError(f"num_steps must be >= 0, got {num_steps}.")
+
+  def init(params):
+    return FreezeState(count=jnp.zeros((), jnp.int32), inner_state=inner.init(params))
+
+  def update(updates, state, params=None):
+    frozen = state.count < num_steps
+    mask = frozen_mask(updates, pattern)
+
+    def zero(tree):
+      if tree is None:
+        return None
+      return jax.tree.map(lambda x, m: jnp.where(frozen, jnp.zeros_like(x), x) if m else x,
+                          tree, mask)
+
+    updates, inner_state = inner.update(zero(updates), state.inner_state, zero(params))
+    return zero(updates), FreezeState(count=state.count + 1, inner_state=inner_state)
+
+  return optax.GradientTransformation(init, update)
+
+
 def default_optim_config(name: str = "lars") -> ml_collections.ConfigDict:
   """Default optimizer config for ``make_optimizer``; 'lars' is SimCLR's recipe.
 
@@ -310,6 +391,9 @@ def default_optim_config(name: str = "lars") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = name
   config.grad_clip_norm = config_dict.placeholder(float)  # None: no global-norm clipping.
+  # Path prefixes ('predictor', 'encoder/stem') whose learning rate is held at the
+  # peak value instead of following the schedule (SimSiam's predictor, Sec. 4.1).
+  config.fixed_lr_params = ()
   config.end_learning_rate = 0.0
   if name == "lars":
     config.base_learning_rate = 0.3  # SimCLR B.1: 0.3 x BatchSize / 256.
@@ -419,6 +503,13 @@ def make_optimizer(
     removes weight decay; optax.lamb applies the trust ratio (coefficient 1)
     to every parameter, as in the LAMB paper's Algorithm 2.
 
+  If ``fixed_lr_params`` names path prefixes (e.g. ``('predictor',)``), the
+  parameters under them get the same optimizer with a constant learning rate
+  equal to the schedule's peak (SimSiam, Chen & He 2021, Sec. 4.1: "the
+  predictor's lr is not decayed"), via ``optax.multi_transform``; the other
+  parameters follow the schedule. Optimizer state is per parameter in every
+  optimizer here, so the split changes nothing else.
+
   If ``grad_clip_norm`` is set, ``optax.clip_by_global_norm`` runs first, on the
   raw gradients (before weight decay). Under ``jax.shard_map`` the gradients of
   replicated params are already global, so the norm is the global one.
@@ -427,7 +518,9 @@ def make_optimizer(
     optim_config: a ConfigDict (or mapping) with exactly the fields of
       ``default_optim_config(name)``: name, base_learning_rate, lr_scaling,
       warmup_epochs, end_learning_rate (optional, 0.), weight_decay,
-      grad_clip_norm (optional, None), and momentum + trust_coefficient (lars),
+      grad_clip_norm (optional, None), frozen_params (optional regex, '') and
+      frozen_epochs (optional, 0.: params matching frozen_params stay fixed for that
+      many epochs, see ``freeze_for_steps``), and momentum + trust_coefficient (lars),
       momentum + nesterov (sgd), b1 + b2 + eps (adamw, lamb).
     total_steps: total optimizer steps of the run.
     steps_per_epoch: optimizer steps per epoch (to convert warmup_epochs).
@@ -479,11 +572,37 @@ def make_optimizer(
         f"{e} (warmup_epochs={warmup_epochs} x steps_per_epoch={steps_per_epoch} = "
         f"{warmup_steps} warmup steps, total_steps={total_steps}).") from e
 
+  fixed = config["fixed_lr_params"] or ()
+  if isinstance(fixed, str) or not all(isinstance(p, str) and p for p in fixed):
+    raise ValueError(f"optim_config.fixed_lr_params must be a tuple of parameter path prefixes "
+                     f"such as ('predictor',), got {fixed!r}.")
+
+  def build(learning_rate):
+    return _base_optimizer(name, config, learning_rate, weight_decay)
+
+  if fixed:
+    tx = optax.multi_transform(
+        {"scheduled": build(schedule), "fixed": build(peak_lr)},
+        lambda params: fixed_lr_labels(params, fixed))
+  else:
+    tx = build(schedule)
+  if clip is not None:
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  frozen_epochs = _check_number(config, "frozen_epochs", 0.0)
+  if config["frozen_params"] and frozen_epochs > 0:
+    tx = freeze_for_steps(tx, config["frozen_params"],
+                          int(round(frozen_epochs * steps_per_epoch)))
+  return tx, schedule
+
+
+def _base_optimizer(name: str, config: dict[str, Any], learning_rate, weight_decay: float
+                    ) -> optax.GradientTransformation:
+  """The named optimizer with ``learning_rate`` (a schedule or a constant)."""
   if name == "lars":
     momentum = _check_number(config, "momentum", 0.0, 1.0)
     eta = _check_number(config, "trust_coefficient", 0.0, low_inclusive=False)
     tx = optax.lars(
-        learning_rate=schedule,
+        learning_rate=learning_rate,
         weight_decay=weight_decay,
         weight_decay_mask=decay_mask,
         trust_coefficient=eta,
@@ -496,7 +615,7 @@ def make_optimizer(
       raise ValueError(f"optim_config.nesterov must be a bool, got {config['nesterov']!r}.")
     tx = optax.chain(
         optax.add_decayed_weights(weight_decay, mask=decay_mask),
-        optax.sgd(learning_rate=schedule, momentum=momentum or None,
+        optax.sgd(learning_rate=learning_rate, momentum=momentum or None,
                   nesterov=config["nesterov"]),
     )
   else:
@@ -504,9 +623,7 @@ def make_optimizer(
     b2 = _check_number(config, "b2", 0.0, 1.0)
     eps = _check_number(config, "eps", 0.0)
     make = optax.adamw if name == "adamw" else optax.lamb
-    tx = make(learning_rate=schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+    tx = make(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
               mask=decay_mask)
 
-  if clip is not None:
-    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
-  return tx, schedule
+  return tx

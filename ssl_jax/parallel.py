@@ -11,6 +11,7 @@ import os
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -30,6 +31,24 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def gather_replicated(x, axis_name):
+  """All devices' rows ``x`` [n, ...] -> the global [num_devices * n, ...], in device order.
+
+  Per-device code. Unlike ``lax.all_gather`` (whose result shard_map types as
+  device-varying), the result is a ``psum`` and therefore device-invariant: it
+  can be stored in replicated state (SwAV's queue, DeepCluster's memory bank).
+  Each device writes its rows at its ``axis_index`` offset of a zero buffer and
+  the buffers are summed. ``axis_name=None`` returns ``x``.
+  """
+  if axis_name is None:
+    return x
+  n = x.shape[0]
+  buffer = jnp.zeros((jax.lax.axis_size(axis_name) * n,) + x.shape[1:], x.dtype)
+  buffer = jax.lax.dynamic_update_slice_in_dim(buffer, x, jax.lax.axis_index(axis_name) * n,
+                                               axis=0)
+  return jax.lax.psum(buffer, axis_name)
 
 
 def _cluster_detected() -> bool:

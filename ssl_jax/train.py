@@ -11,7 +11,12 @@ on a 1-D mesh, with the state donated.
 from __future__ import annotations
 
 import functools
+import os
+import shutil
+import signal
+import threading
 import time
+import types
 from typing import Any, Iterator
 
 from absl import logging
@@ -25,9 +30,12 @@ from jax.sharding import PartitionSpec as P
 
 from ssl_jax import augment
 from ssl_jax import checkpoint
+from ssl_jax import config_lib
 from ssl_jax import data
 from ssl_jax import diagnostics
+from ssl_jax import epoch_hooks
 from ssl_jax import evaluate
+from ssl_jax.evaluate import plots
 from ssl_jax import metrics_io
 from ssl_jax import methods
 from ssl_jax import microbatch
@@ -47,6 +55,8 @@ class TrainState:
     method_state: what the method updates outside the optimizer (EMA target
       params, queues, ...); {} for SimCLR.
     rng: uint32 [2] raw key data of the run's root key (raw so orbax can store it).
+    skipped_updates: int32 [] steps whose loss or gradients were not finite and
+      whose update was skipped (``config.skip_nonfinite_updates``).
   """
   step: jax.Array
   params: Any
@@ -54,6 +64,7 @@ class TrainState:
   opt_state: Any
   method_state: Any
   rng: jax.Array
+  skipped_updates: jax.Array
 
 
 def _global_index(local_batch: int, axis_name) -> jax.Array:
@@ -75,7 +86,12 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
     total_steps: length of the run (for the method's own schedules, e.g. BYOL's tau).
 
   Returns:
-    (new_state, metrics): metrics are scalars averaged over the global batch.
+    (new_state, metrics): metrics are scalars averaged over the global batch,
+    plus ``finite`` (1.0 iff the loss and every gradient are finite; the same
+    on every device, as both are global). With ``config.skip_nonfinite_updates``
+    a non-finite step keeps the old params, batch_stats, opt_state and
+    method_state (the step and data position still advance) and counts itself
+    in ``skipped_updates``; without it the loop stops at the next log interval.
   """
   images = batch["views"] if "views" in batch else batch["image"]
   local_batch = jax.tree.leaves(images)[0].shape[0]
@@ -92,17 +108,40 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
     views = make_views(example_keys, images, recipes, config=config)
   loss_key = jax.random.fold_in(loss_key, jax.lax.axis_index(axis_name))
 
+  loss_method = method
+  if getattr(method, "USES_EXAMPLE_INDEX", False):
+    # Methods with per-example state (DeepCluster's pseudo-labels and memory bank)
+    # also get each example's dataset index; they run without micro-batches.
+    if config.get("microbatches", 1) != 1:
+      raise ValueError(f"config.method={config.method!r} keeps per-example state and does not "
+                       "support config.microbatches > 1; set it to 1.")
+    loss_method = types.SimpleNamespace(
+        loss_fn=functools.partial(method.loss_fn, example_index=batch["index"]))
   (loss, (batch_stats, method_state, metrics)), grads = microbatch.value_and_grad(
-      method, state.params, state.batch_stats, state.method_state, views, loss_key,
+      loss_method, state.params, state.batch_stats, state.method_state, views, loss_key,
       config=config, axis_name=axis_name, num_chunks=config.get("microbatches", 1))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if hasattr(method, "project_params"):  # e.g. SwAV: prototypes back onto the unit sphere
+    params = method.project_params(params, config)
   method_state = method.post_update(params, batch_stats, method_state, state.step + 1, config,
                                      total_steps=total_steps)
-  metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step),
-                 grad_norm=optax.global_norm(grads))
+  grad_norm = optax.global_norm(grads)
+  # One device-side flag, fetched with the other metrics at log intervals: a
+  # non-finite gradient makes the global norm non-finite.
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  skipped = state.skipped_updates
+  if config.get("skip_nonfinite_updates", False):
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, batch_stats, opt_state, method_state = keep(
+        (params, batch_stats, opt_state, method_state),
+        (state.params, state.batch_stats, state.opt_state, state.method_state))
+    skipped = skipped + (~finite).astype(skipped.dtype)
+  metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step), grad_norm=grad_norm,
+                 finite=finite.astype(jnp.float32))
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, method_state=method_state)
+                            opt_state=opt_state, method_state=method_state,
+                            skipped_updates=skipped)
   return new_state, metrics
 
 
@@ -113,45 +152,208 @@ def compile_train_step(mesh, **static):
                                out_specs=(P(), P())), donate_argnums=0)
 
 
-def create_train_state(config, method, tx, mesh) -> TrainState:
-  """A fresh replicated TrainState from ``config.seed``."""
+def init_train_state(config, method, tx) -> TrainState:
+  """A fresh TrainState from ``config.seed`` (pure; jit or ``jax.eval_shape`` it)."""
   root = jax.random.key(config.seed)
   # Parameter init draws one normal tensor per layer; with threefry that
   # compiles for ~20 s on a CPU even for a tiny ResNet-18, with the 'rbg'
   # generator in ~2 s. Only the init uses it; the run's keys stay threefry.
   init_key = jax.random.key(config.seed, impl="rbg")
+  params, batch_stats, method_state = method.init(init_key, config, None)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), method_state=method_state,
+                    rng=jax.random.key_data(jax.random.fold_in(root, 1)),
+                    skipped_updates=jnp.zeros((), jnp.int32))
 
-  def make():
-    params, batch_stats, method_state = method.init(init_key, config, None)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), method_state=method_state,
-                      rng=jax.random.key_data(jax.random.fold_in(root, 1)))
 
+def create_train_state(config, method, tx, mesh) -> TrainState:
+  """A fresh TrainState from ``config.seed``, replicated over ``mesh``."""
   replicated = jax.sharding.NamedSharding(mesh, P())
-  return jax.jit(make, out_shardings=replicated)()
+  return jax.jit(functools.partial(init_train_state, config, method, tx),
+                 out_shardings=replicated)()
+
+
+# Free space the checkpoints directory needs before training starts, in
+# multiples of one checkpoint: one being written while the newest finished one
+# (never deleted before the new one is complete) still exists.
+FREE_SPACE_CHECKPOINTS = 2
+# Fewest checkpoints retention keeps: a checkpoint damaged after it was written
+# always has a predecessor to fall back on.
+MIN_CHECKPOINTS_KEPT = 2
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Rejects inconsistent settings before any compute is spent."""
+  """Rejects unknown fields, wrong types and inconsistent settings before any compute.
+
+  Every problem is one line naming the field and the fix; all are reported at
+  once. The checks that need the dataset (its size and image shape) are in
+  ``validate_config_for_data``.
+
+  Raises:
+    ValueError: the config has problems.
+  """
+  errors = _config_errors(config)
+  if errors:
+    raise ValueError("Invalid config:\n  " + "\n  ".join(errors))
+
+
+def _config_errors(config) -> list[str]:
+  errors = []
+  method = config.get("method", "")
+  section = lambda name: config[name] if isinstance(
+      config.get(name), (dict, ml_collections.ConfigDict)) else {}
+  reference = config_lib.base_config(section("data").get("name") or "digits")
+  optim_name = section("optim").get("name")
+  if optim_name in optim.OPTIMIZERS:
+    reference.optim = optim.default_optim_config(optim_name)
+    # Fields make_optimizer accepts when present (with their defaults).
+    for key, default in optim._OPTIONAL.items():  # pylint: disable=protected-access
+      if key not in reference.optim:
+        reference.optim[key] = default
+  elif "optim" in config:
+    errors.append(f"config.optim.name={optim_name!r}: unknown optimizer; use one of "
+                  f"{list(optim.OPTIMIZERS)}")
+  # Methods may add fields of their own to the model and augment sections
+  # (there only near-miss typos of known fields are errors); every other
+  # unknown field is an error.
+  errors.extend(config_lib.check_fields(
+      config, reference, open_keys=methods._METHODS,  # pylint: disable=protected-access
+      open_sections=("model", "augment")))
+  if errors:
+    return errors  # The value checks below assume known fields of the right types.
+
+  if method not in methods._METHODS:  # pylint: disable=protected-access
+    errors.append(f"config.method={method!r}: unknown method; set it to one of "
+                  f"{list(methods._METHODS)}")  # pylint: disable=protected-access
+  elif method not in config:
+    errors.append(f"config.{method}: missing; config.method={method!r} needs its own section "
+                  f"(see configs/{method}.py)")
   n = jax.device_count()
   if config.batch_size <= 0 or config.batch_size % n:
-    raise ValueError(f"config.batch_size={config.batch_size} must be a positive multiple of "
-                     f"the {n} devices (each device takes batch_size / {n} images).")
-  if config.eval_batch_size % n:
-    raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be a multiple of "
-                     f"the {n} devices.")
+    errors.append(f"config.batch_size={config.batch_size} must be a positive multiple of "
+                  f"the {n} devices (each device takes batch_size / {n} images).")
+  if config.eval_batch_size <= 0 or config.eval_batch_size % n:
+    errors.append(f"config.eval_batch_size={config.eval_batch_size} must be a positive "
+                  f"multiple of the {n} devices.")
   microbatches = config.get("microbatches", 1)
-  if microbatches < 1 or (config.batch_size // n) % microbatches:
-    raise ValueError(f"config.microbatches={microbatches} must divide each device's batch "
-                     f"(batch_size / devices = {config.batch_size // n}).")
-  if not (config.total_steps or config.total_epochs):
-    raise ValueError("Set config.total_epochs or config.total_steps (> 0).")
-  methods.get_method(config.method)
+  if microbatches < 1 or (config.batch_size > 0 and (config.batch_size // n) % microbatches):
+    errors.append(f"config.microbatches={microbatches} must divide each device's batch "
+                  f"(batch_size / devices = {config.batch_size // n}).")
+  if config.total_steps < 0 or config.total_epochs < 0 or not (
+      config.total_steps or config.total_epochs):
+    errors.append("config.total_epochs / config.total_steps: set one of them > 0 (total_steps "
+                  "wins when > 0).")
+  for field in ("log_every_steps", "checkpoint_every_steps"):
+    if config[field] < 1:
+      errors.append(f"config.{field}={config[field]}: must be >= 1.")
+  if (config.checkpoint_max_to_keep is not None  # None: orbax keeps every checkpoint
+      and config.checkpoint_max_to_keep < MIN_CHECKPOINTS_KEPT):
+    errors.append(f"config.checkpoint_max_to_keep={config.checkpoint_max_to_keep}: must be >= "
+                  f"{MIN_CHECKPOINTS_KEPT}, so a checkpoint damaged after it was written "
+                  "always has a predecessor to resume from.")
+  if config.seed < 0:
+    errors.append(f"config.seed={config.seed}: must be >= 0.")
+  if config.optim.base_learning_rate < 0 or config.optim.warmup_epochs < 0:
+    errors.append("config.optim.base_learning_rate / warmup_epochs: must be >= 0.")
+  if config.augment.size < 1:
+    errors.append(f"config.augment.size={config.augment.size}: must be >= 1 pixel.")
+  if config.data.corrupt_images not in ("skip", "error"):
+    errors.append(f"config.data.corrupt_images={config.data.corrupt_images!r}: use 'skip' "
+                  "or 'error'.")
+  if not errors and method in methods._METHODS:  # pylint: disable=protected-access
+    try:
+      methods.get_method(method).view_recipes(config)
+    except (ValueError, KeyError, TypeError) as e:
+      errors.append(f"config.augment: {e}")
+  return errors
+
+
+def validate_config_for_data(config, info: data.DatasetInfo, recipes,
+                             total_steps: int, steps_per_epoch: int) -> None:
+  """The checks that need the dataset: split sizes, image sizes, schedule lengths."""
+  errors = []
+  if info.train_size == 0:
+    errors.append(f"config.data.train_split={config.data.train_split!r} of {info.name!r} is "
+                  "empty; choose a split with examples.")
+  elif config.batch_size > info.train_size:
+    errors.append(f"config.batch_size={config.batch_size} is larger than the "
+                  f"{info.train_size} examples of {config.data.train_split!r}; lower it.")
+  if info.image_shape is not None:
+    height, width = info.image_shape[:2]
+    too_big = sorted({r.size for r in recipes if r.size > min(height, width)})
+    if too_big:
+      errors.append(f"config.augment.size: views of {too_big} px are larger than the "
+                    f"{height}x{width} images of {info.name!r}; set config.augment.size <= "
+                    f"{min(height, width)}.")
+  warmup_steps = int(round(config.optim.warmup_epochs * max(steps_per_epoch, 1)))
+  if total_steps and warmup_steps >= total_steps:
+    errors.append(f"config.optim.warmup_epochs={config.optim.warmup_epochs} is {warmup_steps} "
+                  f"steps, not shorter than the run's {total_steps}: lower it or train longer.")
+  if errors:
+    raise ValueError("Invalid config:\n  " + "\n  ".join(errors))
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails at once, before any compute, if ``workdir`` cannot be written."""
+  if "://" in workdir:
+    return  # Cloud storage: orbax reports its own errors.
+  probe = os.path.join(os.path.abspath(workdir), f".write_test.{os.getpid()}")
+  try:
+    os.makedirs(checkpoint.checkpoint_dir(workdir), exist_ok=True)
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"--workdir={workdir!r} is not writable ({e.strerror or e}); choose "
+                     "another workdir or fix its permissions.") from e
+
+
+def check_free_space(workdir: str, state) -> None:
+  """Fails before compiling if the disk cannot hold ``FREE_SPACE_CHECKPOINTS`` checkpoints."""
+  if "://" in workdir:
+    return
+  needed = FREE_SPACE_CHECKPOINTS * sum(x.nbytes for x in jax.tree.leaves(state))
+  free = shutil.disk_usage(checkpoint.checkpoint_dir(workdir)).free
+  if free < needed:
+    raise ValueError(
+        f"--workdir={workdir!r}: only {free / 2**20:.1f} MiB free, a checkpoint of this run "
+        f"needs {needed / FREE_SPACE_CHECKPOINTS / 2**20:.1f} MiB (and "
+        f"{FREE_SPACE_CHECKPOINTS} fit at once while saving); free space or use another "
+        "workdir.")
+
+
+class PreemptionNotice:
+  """Turns SIGTERM into a flag the loop reads at each step boundary.
+
+  The handler only sets a Python flag (no host sync per step). Installed only
+  in the main thread of a single-process run: with ``jax.distributed``, JAX's
+  preemption service owns SIGTERM and ``manager.reached_preemption`` tells
+  every host the same step to stop at.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: checkpointing at the next step, then exiting.", signum)
+    self.requested = True
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
 
 def _put_batch(batch: dict, sharding) -> dict:
   """Host-local numpy batch (labels dropped) -> global arrays sharded over the mesh."""
-  batch = {k: v for k, v in batch.items() if k in ("image", "views")}
+  batch = {k: v for k, v in batch.items() if k in ("image", "views", "index")}
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
@@ -192,45 +394,88 @@ def _init_from(state: TrainState, path: str) -> TrainState:
   return state.replace(params=params, batch_stats=batch_stats)
 
 
+def _first_nonfinite(fetched: list[dict], first_step: int) -> int | None:
+  """The step (1-based count) of the first non-finite metrics in ``fetched``, if any."""
+  for i, metrics in enumerate(fetched):
+    if not metrics["finite"]:
+      return first_step + i + 1
+  return None
+
+
+def _nonfinite_error(step: int, loss: float, manager) -> FloatingPointError:
+  checkpoint.wait_until_finished(manager)
+  manager.reload()
+  good = manager.latest_step()
+  where = (f"step {good} in {manager.directory}" if good is not None else
+           "none (the run had not saved one yet)")
+  return FloatingPointError(
+      f"Non-finite loss or gradients at step {step} (loss {loss}); stopping without saving "
+      f"this state. The last good checkpoint is {where}; rerunning resumes from it. Lower "
+      "config.optim.base_learning_rate, check the data, or set "
+      "config.skip_nonfinite_updates=True to skip such updates.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_at_step: int | None = None) -> dict:
   """Pre-trains ``config.method`` and returns the final metrics.
 
-  Resume is automatic: an existing checkpoint in ``workdir`` wins, else
-  ``config.init_from``, else a fresh start.
+  Resume is automatic: the newest intact checkpoint in ``workdir`` wins (damaged
+  ones are quarantined with a warning), else ``config.init_from``, else a
+  fresh start. SIGTERM (or a preemption notice through orbax on multi-host
+  jobs) checkpoints at the next step boundary and returns with
+  ``results['preempted'] = True``.
 
   Args:
     config: the run config (see ``configs/``).
-    workdir: checkpoints, metrics.jsonl, TensorBoard events, curves.png.
+    workdir: checkpoints, metrics.jsonl, TensorBoard events, curves.png,
+      feature_map.png (written when the run finishes).
     stop_at_step: stop early at this step with a checkpoint, as a preempted
       run would; the schedule is still the one of the whole run.
   """
   validate_config(config)
+  check_workdir(workdir)
+  with PreemptionNotice() as notice:
+    return _train(config, workdir, stop_at_step, notice)
+
+
+def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNotice) -> dict:
   method = methods.get_method(config.method)
   mesh = make_mesh()
   info = data.dataset_info(config.data)
-  steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
+  recipes = method.view_recipes(config)
+  steps_per_epoch = max(1, info.train_size // config.batch_size)
   total_steps = config.total_steps or int(round(config.total_epochs * steps_per_epoch))
+  validate_config_for_data(config, info, recipes, total_steps, steps_per_epoch)
+  steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
   tx, schedule = optim.make_optimizer(config.optim, total_steps=total_steps,
                                       steps_per_epoch=steps_per_epoch,
                                       batch_size=config.batch_size)
-  recipes = method.view_recipes(config)
 
   state = create_train_state(config, method, tx, mesh)
+  check_free_space(workdir, state)
   manager = checkpoint.make_manager(workdir, max_to_keep=config.checkpoint_max_to_keep)
-  if manager.latest_step() is not None:
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    state, meta = checkpoint.restore(manager, abstract)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  restored = checkpoint.restore_latest(manager, abstract)
+  if restored is not None:
+    state, meta = restored
     _check_data_position(meta, config)
     logging.info("Resumed from %s at step %d.", manager.directory, int(state.step))
   elif config.init_from:
+    # Checked here, not in validate_config: a run that resumes from its own
+    # checkpoint no longer needs init_from (its source may be gone).
+    if "://" not in config.init_from and not os.path.exists(config.init_from):
+      raise ValueError(f"config.init_from={config.init_from!r}: no such path; point it at the "
+                       "workdir of a finished run, or set it to ''.")
     state = _init_from(state, config.init_from)
   start_step = int(state.step)
 
   writer = metrics_io.MetricsWriter(workdir, enabled=jax.process_index() == 0)
   if start_step == 0:
     writer.write_config(config)
+  # Steps logged after the checkpoint we resume from (a run killed between
+  # checkpoints) are run again: their old records go.
+  writer.drop_after(start_step)
   step_fn = compile_train_step(mesh, method=method, config=config, recipes=recipes, tx=tx,
                                schedule=schedule, total_steps=total_steps)
   feature_fn = evaluate.make_feature_fn(config, mesh)
@@ -242,7 +487,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.write(step, {"knn_top1": acc})
     return acc
 
-  results = {}
+  results = {"preempted": False}
   if knn_every and start_step == 0:
     results["knn_top1_init"] = run_knn(0)
 
@@ -255,23 +500,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   collapse_warned = False
   end_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
   for step in range(start_step, end_step):
+    if hasattr(method, "epoch_start") and step % steps_per_epoch == 0:
+      # The method's epoch-start hook (DeepCluster's re-clustering, SwAV's queue
+      # start): all it computes goes into the state, so a resume is exact.
+      state = epoch_hooks.run_epoch_start(method, state, config=config, mesh=mesh, tx=tx,
+                                          step=step, steps_per_epoch=steps_per_epoch,
+                                          writer=writer)
     state, metrics = step_fn(state, _put_batch(next(batches), sharding))
     pending.append(metrics)
     done = step + 1
-    if done % config.log_every_steps == 0 or done == end_step:
+    # A Python flag (SIGTERM) or orbax's multi-host preemption sync point.
+    preempted = notice.requested or manager.reached_preemption(done)
+    save = done % config.checkpoint_every_steps == 0 or done == end_step or preempted
+    if done % config.log_every_steps == 0 or done == end_step or preempted:
       # The only host sync of the loop: fetch the metrics of the interval.
       fetched = jax.device_get(pending)
       pending = []
       now = time.perf_counter()
       step_time = (now - last_log_time) / max(1, done - last_log_step)
+      bad_step = _first_nonfinite(fetched, last_log_step)
       last_log_time, last_log_step = now, done
       logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-      if not np.isfinite(logged["loss"]):
-        manager.wait_until_finished()
-        raise FloatingPointError(
-            f"Loss is {logged['loss']} at step {done}; stopping without saving this state. "
-            f"The last good checkpoint is step {manager.latest_step()}. Lower "
-            "config.optim.base_learning_rate or check the data.")
+      nonfinite = len(fetched) - int(sum(m.pop("finite") for m in fetched))
+      del logged["finite"]
+      if bad_step is not None and not config.get("skip_nonfinite_updates", False):
+        raise _nonfinite_error(bad_step, logged["loss"], manager)
+      if config.get("skip_nonfinite_updates", False):
+        logged["skipped_updates"] = float(state.skipped_updates)
+        if nonfinite:
+          logging.warning("Steps %d-%d: skipped %d non-finite update(s) (%d in total).",
+                          done - len(fetched) + 1, done, nonfinite, int(logged["skipped_updates"]))
       warning = diagnostics.collapse_warning(logged)
       if warning and not collapse_warned:
         logging.warning("Step %d: %s", done, warning)
@@ -281,15 +539,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       progress.update(done - progress.n)
       progress.set_postfix(loss=f"{logged['loss']:.4f}")
       results.update(logged)
-    if done % config.checkpoint_every_steps == 0 or done == end_step:
+    elif save and not config.get("skip_nonfinite_updates", False):
+      # Never checkpoint a state a non-finite step went into: check the flags of
+      # the steps since the last log (a small transfer, at checkpoint steps only).
+      flags = jax.device_get([m["finite"] for m in pending])
+      bad_step = _first_nonfinite([{"finite": f} for f in flags], last_log_step)
+      if bad_step is not None:
+        raise _nonfinite_error(bad_step, float("nan"), manager)
+    if save:
       checkpoint.save(manager, done, state, _meta(config, done))
+    if preempted:
+      checkpoint.wait_until_finished(manager)
+      logging.warning("Preempted: saved the checkpoint of step %d in %s; rerun to resume.",
+                      done, manager.directory)
+      results["preempted"] = True
+      break
     if knn_every and done % knn_every == 0 and done != total_steps:
       results["knn_top1"] = run_knn(done)
-  if knn_every and end_step == total_steps > start_step:
+  if knn_every and end_step == total_steps > start_step and not results["preempted"]:
     results["knn_top1"] = run_knn(total_steps)
   progress.close()
-  manager.wait_until_finished()
+  if end_step == total_steps > start_step and jax.process_count() == 1:
+    # The 2-D PCA map of the test features (at most plots.MAX_POINTS of them).
+    plots.write_feature_map(workdir, config, state.params, state.batch_stats, mesh,
+                            step=total_steps)
+  checkpoint.wait_until_finished(manager)
   manager.close()
   writer.close(plot=True)
   results["step"] = int(state.step)
+  results["skipped_updates"] = int(state.skipped_updates)
   return results

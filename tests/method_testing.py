@@ -1,23 +1,23 @@
-"""Helpers shared by the per-method tests: tiny configs, one step on n devices.
+"""Helpers shared by the per-method tests.
 
-Tiny means ResNet-18 at base width 4, CIFAR stem, 16-32 px views, batch 16,
-the offline digits dataset built into a per-session temporary TFDS data_dir.
+Tiny runs: ResNet-18 at base width 4 with the CIFAR stem, 16x16 views of the
+offline digits dataset (built once per session into a temporary TFDS data_dir),
+heads of width 16/8, global batch 16.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 import os
-import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ssl_jax import augment
-
 from ssl_jax import methods
 from ssl_jax import optim
 from ssl_jax import train
@@ -25,15 +25,27 @@ from ssl_jax.parallel import make_mesh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Compiling the train step dominates these tests. A smoke run and a one-step
+# test of the same config lower to the same program (one_step uses the run's
+# schedule), so a persistent compilation cache, fresh per session, lets the
+# second one skip XLA's compile.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="ssl_jax_xla_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-def method_config(name: str, data_dir: str, **overrides):
-  """``configs/<name>.py:digits`` shrunk to a CPU test, then dotted-key overrides."""
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    module = importlib.import_module(name)
-  finally:
-    sys.path.pop(0)
-  c = module.get_config("digits")
+
+def load_config_module(name: str):
+  """configs/<name>.py as a module (configs/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(
+      f"configs_{name}", os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def tiny_config(method: str, data_dir: str, variant: str = "digits", **overrides):
+  """The method's digits config shrunk to a seconds-long CPU run; dotted overrides."""
+  c = load_config_module(method).get_config(variant)
   c.data.data_dir = data_dir
   c.model.base_width = 4
   c.augment.size = 16
@@ -41,12 +53,14 @@ def method_config(name: str, data_dir: str, **overrides):
   c.eval_batch_size = 64
   c.total_steps = 4
   c.log_every_steps = 1
-  c.checkpoint_every_steps = 100
+  c.checkpoint_every_steps = 4
   c.knn.every_epochs = 0.0
-  # kNN monitor on slices, so a test's monitor costs ~1 s.
-  c.data.eval_train_split = "train[:512]"
-  c.data.eval_test_split = "test[:256]"
   c.optim.warmup_epochs = 0.0
+  return _override(c, overrides)
+
+
+def _override(c, overrides: dict):
+  """Sets dotted-key fields: {'optim.base_learning_rate': 0.1}."""
   for key, value in overrides.items():
     target = c
     *path, leaf = key.split(".")
@@ -56,24 +70,83 @@ def method_config(name: str, data_dir: str, **overrides):
   return c
 
 
-def read_metrics(workdir):
+def method_config(name: str, data_dir: str, **overrides):
+  """``tiny_config`` with the kNN monitor on slices (~1 s) and no mid-run checkpoint."""
+  c = tiny_config(name, data_dir)
+  c.checkpoint_every_steps = 100
+  c.data.eval_train_split = "train[:512]"
+  c.data.eval_test_split = "test[:256]"
+  return _override(c, overrides)
+
+
+def read_metrics(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
 
 
+def random_batch(batch_size: int = 16, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8)
+
+
 def one_step(config, devices, batch):
-  """(params, batch_stats, metrics) after one train step on ``devices``."""
+  """(state before, state after, metrics) of one train step on ``devices``, on the host.
+
+  The schedule is the one of a ``config.total_steps`` run (as in ``check_smoke``).
+  """
   mesh = make_mesh(devices)
   method = methods.get_method(config.method)
-  tx, schedule = optim.make_optimizer(config.optim, total_steps=10, steps_per_epoch=10,
+  total_steps = config.total_steps
+  tx, schedule = optim.make_optimizer(config.optim, total_steps=total_steps,
+                                      steps_per_epoch=total_steps,
                                       batch_size=config.batch_size)
   state = train.create_train_state(config, method, tx, mesh)
+  before = jax.device_get(state)
   step = train.compile_train_step(mesh, method=method, config=config,
-                                  recipes=method.view_recipes(config), tx=tx, schedule=schedule,
-                                  total_steps=10)
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-  state, metrics = step(state, {"image": jax.device_put(batch, sharding)})
-  return jax.device_get(state.params), jax.device_get(state.batch_stats), jax.device_get(metrics)
+                                  recipes=method.view_recipes(config), tx=tx,
+                                  schedule=schedule, total_steps=total_steps)
+  state, metrics = step(state, {"image": jax.device_put(batch, NamedSharding(mesh, P("batch")))})
+  return before, jax.device_get(state), jax.device_get(metrics)
+
+
+def assert_trees_close(a, b, rtol=1e-4, atol=1e-6):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+def assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def check_smoke(config, workdir: str, extra_metrics=()) -> dict:
+  """Runs train_and_evaluate; checks finite losses, logged diagnostics, a checkpoint."""
+  results = train.train_and_evaluate(config, workdir)
+  records = [r for r in read_metrics(workdir) if "loss" in r]
+  assert [r["step"] for r in records] == list(range(1, config.total_steps + 1))
+  assert np.all(np.isfinite([r["loss"] for r in records]))
+  for key in ("embedding_std", "embedding_std_ratio", "embedding_rank", "alignment",
+              "uniformity", "learning_rate", *extra_metrics):
+    assert key in records[-1], (key, sorted(records[-1]))
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(config.total_steps)))
+  assert results["step"] == config.total_steps
+  return results
+
+
+def cosine_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def normalize_np(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def shard_map_8(fn, mesh, num_in: int, out_replicated: bool = True):
+  """jit(shard_map(fn)) with ``num_in`` batch-sharded inputs and a replicated output."""
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P("batch"),) * num_in,
+                               out_specs=P() if out_replicated else P("batch")))
 
 
 def loss_on_devices(config, devices, batch, seed=0):
@@ -118,16 +191,3 @@ def assert_loss_device_invariant(config, image_size=32, rtol=1e-5):
     # of a psum'd Gram matrix moves in the 3rd digit).
     np.testing.assert_allclose(m8[key], m1[key], rtol=1e-2, atol=1e-5, err_msg=key)
   return loss8, m8
-
-
-def assert_one_step_device_invariant(config, image_size=32, rtol=1e-4, atol=1e-6):
-  """One step on 8 devices equals one step on 1 device (loss, params, batch stats)."""
-  batch = np.random.default_rng(0).integers(
-      0, 256, (config.batch_size, image_size, image_size, 3), dtype=np.uint8)
-  p8, bs8, m8 = one_step(config, jax.devices(), batch)
-  p1, bs1, m1 = one_step(config, jax.devices()[:1], batch)
-  np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
-  check = lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
-  jax.tree.map(check, p8, p1)
-  jax.tree.map(check, bs8, bs1)
-  return m8

@@ -30,4 +30,7 @@ def config(method: str, data_dir: str):
   if method == "simclr":
     c.simclr.projector_hidden_dim = 16
     c.simclr.projection_dim = 8
+  if method == "byol":
+    c.byol.projector_hidden_dim = c.byol.predictor_hidden_dim = 16
+    c.byol.projection_dim = 8
   return c

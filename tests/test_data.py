@@ -165,7 +165,7 @@ def test_image_folder_variable_size_crops_on_host(variable_folder):
                                      process_count=1), 3)
   greys = []
   for batch in batches:
-    assert set(batch) == {"views", "label"}
+    assert set(batch) == {"views", "label", "index"}
     assert [v.shape for v in batch["views"]] == [(6, 16, 16, 3), (6, 8, 8, 3)]
     assert all(v.dtype == np.uint8 for v in batch["views"])
     # JPEG is lossy; the label channel (multiples of 25) survives to within +-12 in

@@ -470,3 +470,49 @@ def test_prototypes_and_normalization_numpy():
 
   with pytest.raises(ValueError, match=r'\[D, K\]'):
     normalize_prototypes({'kernel': jnp.ones((3, 3, 2, 4))})
+
+
+@pytest.mark.parametrize('make, in_dim, hidden, out_dim, hidden_bias, out_bias, norm, out_norm', [
+    # (constructor, input width, hidden widths, output width, hidden Linear bias,
+    #  output Linear bias, hidden norm, output BN: None | 'no_affine')
+    (heads.simsiam_projector, 2048, (2048, 2048), 2048, False, False, 'bn', 'no_affine'),
+    (heads.simsiam_predictor, 2048, (512,), 2048, False, True, 'bn', None),
+    (heads.mocov2_projector, 2048, (2048,), 128, True, True, None, None),
+    (heads.mocov3_projector, 2048, (4096, 4096), 256, False, False, 'bn', 'no_affine'),
+    (heads.mocov3_predictor, 256, (4096,), 256, False, False, 'bn', None),
+    (functools.partial(heads.byol_projector, norm='layer'), 2048, (4096,), 256, True, False,
+     'ln', None),
+])
+def test_simsiam_moco_and_layernorm_byol_heads(make, in_dim, hidden, out_dim, hidden_bias,
+                                               out_bias, norm, out_norm):
+  head = make()
+  out, variables = jax.eval_shape(lambda: head.init_with_output(
+      jax.random.key(0), jnp.zeros((2, in_dim)), train=True))
+  assert out.shape == (2, out_dim)
+  params, stats = variables['params'], variables.get('batch_stats', {})
+  assert tuple(params[f'hidden_{i}']['kernel'].shape[1] for i in range(len(hidden))) == hidden
+  for i in range(len(hidden)):
+    assert ('bias' in params[f'hidden_{i}']) == hidden_bias
+    assert (f'hidden_bn_{i}' in params) == (norm == 'bn') == (f'hidden_bn_{i}' in stats)
+    assert (f'hidden_ln_{i}' in params) == (norm == 'ln')
+  assert ('bias' in params['output']) == out_bias
+  assert params['output']['kernel'].shape == (hidden[-1], out_dim)
+  assert 'output_bn' not in params  # no affine output BN anywhere here
+  assert ('output_bn' in stats) == (out_norm == 'no_affine')
+  if norm != 'bn' and out_norm is None:
+    assert not jax.tree.leaves(stats)  # no batch statistics at all
+
+
+def test_layernorm_head_matches_numpy_float64():
+  head = heads.byol_projector(12, 6, norm='layer')
+  x = _images(19, (5, 10))
+  variables = _init(head, x, seed=20, train=False)
+  assert set(variables) == {'params'}
+  y = head.apply(variables, x, train=True)  # no mutable collection needed
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables['params'])
+  h = np.asarray(x, np.float64) @ p['hidden_0']['kernel'] + p['hidden_0']['bias']
+  h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5)
+  h = np.maximum(h * p['hidden_ln_0']['scale'] + p['hidden_ln_0']['bias'], 0.0)
+  np.testing.assert_allclose(y, h @ p['output']['kernel'], rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match='norm'):
+    MLPHead(hidden_dims=(4,), output_dim=2, norm='group')

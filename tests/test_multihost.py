@@ -1,5 +1,7 @@
 """Multi-host: 2 processes x 4 CPU devices (gloo on 127.0.0.1) == 1 process x 8 devices.
 
+SimCLR (negatives across hosts) and BYOL (EMA target state in the train state).
+
 Each worker is a subprocess with a timeout; the two workers' checkpoint is
 compared leaf by leaf with the checkpoint of the same run in this process.
 """
@@ -62,7 +64,7 @@ def data_dir(tmp_path_factory):
   return path
 
 
-@pytest.mark.parametrize("method", ["simclr"])
+@pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_two_processes_match_one_process(method, data_dir, tmp_path):
   multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
   port = _free_port()

@@ -418,3 +418,41 @@ def test_make_optimizer_rejects_bad_configs(make_config, match):
 def test_default_optim_config_rejects_unknown_name():
   with pytest.raises(ValueError, match="lars"):
     optim.default_optim_config("adagrad")
+
+
+# ----------------------------------------------------------------------------- fixed-lr params
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars"])
+def test_fixed_lr_params_hold_the_peak_rate(name):
+  """SimSiam's fixed predictor lr: leaves under the prefixes see a constant peak lr.
+
+  References: the same optimizer with the full schedule (scheduled leaves) and
+  with end_learning_rate = peak, i.e. a constant schedule (fixed leaves).
+  """
+  total, batch = 4, 512
+  base = dict(weight_decay=0.1, warmup_epochs=0.0)
+  peak = optim.scaled_learning_rate(optim.default_optim_config(name).base_learning_rate,
+                                    batch, "linear")
+  make = lambda **kw: optim.make_optimizer(_config(name, **base, **kw), total_steps=total,
+                                           steps_per_epoch=2, batch_size=batch)[0]
+  tx = make(fixed_lr_params=("Dense_0", "head"))
+  scheduled, constant = make(), make(end_learning_rate=peak)
+  params = _random_flat(6)
+  grads = [_random_flat(30 + t) for t in range(3)]
+  _, got = _run(tx, params, grads)
+  _, want_scheduled = _run(scheduled, params, grads)
+  _, want_constant = _run(constant, params, grads)
+  for step in range(3):
+    for k in _LEAVES:
+      want = want_constant if k[0] in ("Dense_0", "head") else want_scheduled
+      np.testing.assert_allclose(got[step][k], want[step][k], rtol=1e-5, atol=1e-8)
+  # The schedule really decays, so the two references differ after step 0.
+  assert not np.allclose(want_scheduled[2][("Conv_0", "kernel")],
+                         want_constant[2][("Conv_0", "kernel")])
+  assert optim.fixed_lr_labels({"predictor": {"w": 0}, "predictor2": {"w": 0}},
+                               ("predictor",)) == {"predictor": {"w": "fixed"},
+                                                   "predictor2": {"w": "scheduled"}}
+  with pytest.raises(ValueError, match="fixed_lr_params"):
+    optim.make_optimizer(dict(_config(name, **base).to_dict(), fixed_lr_params="predictor"),
+                         total_steps=total, steps_per_epoch=2, batch_size=batch)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -51,10 +52,13 @@ def read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_smoke_loss_falls_and_checkpoint_written(data_dir, tmp_path):
+def test_smoke_loss_falls_and_checkpoint_written(data_dir, tmp_path, monkeypatch):
   config = tiny_config(data_dir, total_steps=50, log_every_steps=5, checkpoint_every_steps=25,
                        **{"knn.every_epochs": 100.0})
   config.optim.base_learning_rate = 0.5
+  # The step is traced (and so compiled) once for the whole run: logging,
+  # checkpointing and kNN evaluation in between must not trigger a recompile.
+  monkeypatch.setattr(train, "train_step", chex.assert_max_traces(train.train_step, n=1))
   results = train.train_and_evaluate(config, str(tmp_path))
   losses = [r["loss"] for r in read_metrics(str(tmp_path)) if "loss" in r]
   assert len(losses) == 10
@@ -68,6 +72,7 @@ def test_smoke_loss_falls_and_checkpoint_written(data_dir, tmp_path):
   for key in ("learning_rate", "images_per_sec", "ms_per_step"):
     assert key in read_metrics(str(tmp_path))[-1] or key in read_metrics(str(tmp_path))[-2]
   assert os.path.exists(tmp_path / "curves.png")
+  assert os.path.getsize(tmp_path / "feature_map.png") > 0   # PCA map of the test features
 
 
 def _one_step(config, devices, batch):

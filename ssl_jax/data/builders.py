@@ -16,9 +16,12 @@ import hashlib
 import os
 import re
 
+from absl import logging
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+
+from ssl_jax.data import crops
 
 DIGITS_SHAPE = (32, 32, 3)
 DIGITS_TRAIN_PER_CLASS = 400
@@ -85,6 +88,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
   files: dict[str, tuple[tuple[str, str], ...]] = dataclasses.field(default_factory=dict,
                                                                      repr=False)
   image_shape: tuple[int, int, int] | None = None
+  corrupt_images: str = "skip"  # 'skip' (with a warning naming the file) or 'error'
 
 
 class SslJaxImageFolder(tfds.core.GeneratorBasedBuilder):
@@ -122,15 +126,29 @@ class SslJaxImageFolder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split):
     config: ImageFolderConfig = self.builder_config
+    skipped = 0
     for relpath, class_name in config.files[split]:
       path = os.path.join(config.root, relpath)
-      if config.image_shape is not None:
-        image = load_rgb(path)
-        if image.shape != config.image_shape:
-          raise ValueError(f"{path} changed size while the dataset was built: {image.shape}")
-      else:
-        image = path  # TFDS stores the file's bytes as they are.
+      try:
+        if config.image_shape is not None:
+          image = load_rgb(path)
+          if image.shape != config.image_shape:
+            raise ValueError(f"{path} changed size while the dataset was built: {image.shape}")
+        else:
+          check_decodes(path)
+          image = path  # TFDS stores the file's bytes as they are.
+      except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        if config.corrupt_images == "error":
+          raise ValueError(
+              f"image_folder: {path} cannot be decoded ({e}); repair or remove it, or set "
+              "config.data.corrupt_images='skip' to skip such files") from e
+        skipped += 1
+        logging.warning("image_folder: skipping %s: cannot be decoded (%s)", path, e)
+        continue
       yield relpath, {"image": image, "label": class_name, "file_name": relpath}
+    if skipped:
+      logging.warning("image_folder: skipped %d undecodable image(s) of %d in split %r of %s",
+                      skipped, len(config.files[split]), split, config.root)
 
 
 def raw_image_feature(shape) -> tfds.features.Tensor:
@@ -154,11 +172,20 @@ def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_rgb(path: str) -> np.ndarray:
-  """The image file at ``path`` as ``uint8 [H, W, 3]`` (any PIL mode converted to RGB)."""
+  """The image file at ``path`` as ``uint8 [H, W, 3]`` (any PIL mode, 16-bit grey included)."""
   with Image.open(path) as image:
-    if image.mode != "RGB":
-      image = image.convert("RGB")
-    return np.asarray(image)
+    return crops.to_rgb(image)
+
+
+def check_decodes(path: str) -> None:
+  """Raises if the image at ``path`` cannot be decoded to the end (truncated, corrupt).
+
+  JPEGs are decoded at 1/8 scale (``draft``): every entropy-coded byte is still
+  read, at a fraction of the cost of a full decode.
+  """
+  with Image.open(path) as image:
+    image.draft("RGB", (1, 1))
+    image.load()
 
 
 def scan_image_folder(root: str) -> tuple[dict[str, list[tuple[str, str]]], list[str], str]:
@@ -187,6 +214,7 @@ def scan_image_folder(root: str) -> tuple[dict[str, list[tuple[str, str]]], list
     entries = []
     for class_name in sorted(_subdirs(os.path.join(root, split))):
       class_dir = os.path.join(root, split, class_name)
+      before = len(entries)
       for dirpath, dirnames, filenames in os.walk(class_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for filename in sorted(filenames):
@@ -198,8 +226,15 @@ def scan_image_folder(root: str) -> tuple[dict[str, list[tuple[str, str]]], list
           digest.update(f"{relpath}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
           entries.append((relpath, class_name))
       class_names.add(class_name)
+      if len(entries) == before:
+        logging.warning("image_folder: class folder %s has no images (extensions: %s); the "
+                        "class keeps its label but has no examples in split %r",
+                        class_dir, ", ".join(IMAGE_EXTENSIONS), split)
     if entries:
       files[split] = entries
+    else:
+      logging.warning("image_folder: split folder %s holds no images; it is not a split",
+                      os.path.join(root, split))
   if not files:
     raise ValueError(
         f"image_folder: no images found in {root}; expected <folder>/<split>/<class>/<image> "
@@ -215,18 +250,28 @@ def common_image_shape(root: str, files: dict[str, list[tuple[str, str]]]):
   sizes = set()
   for entries in files.values():
     for relpath, _ in entries:
-      with Image.open(os.path.join(root, relpath)) as image:
-        sizes.add(image.size)
+      try:
+        with Image.open(os.path.join(root, relpath)) as image:
+          sizes.add(image.size)
+      except (OSError, SyntaxError):
+        continue  # Unreadable: skipped or reported when the dataset is built.
       if len(sizes) > 1:
         return None
+  if not sizes:
+    raise ValueError(f"image_folder: no image in {root} can be opened; check the files")
   (width, height), = sizes
   return (height, width, 3)
 
 
-def folder_config_name(root: str, fingerprint: str) -> str:
-  """A TFDS config name for the folder: readable prefix + content hash."""
+def folder_config_name(root: str, fingerprint: str, corrupt_images: str = "skip") -> str:
+  """A TFDS config name for the folder: readable prefix + content hash.
+
+  A dataset built with ``corrupt_images='error'`` is known to hold every file;
+  one built with 'skip' may lack some, so the two get different names.
+  """
   base = re.sub(r"[^a-z0-9_]+", "_", os.path.basename(os.path.realpath(root)).lower())
-  return f"{base.strip('_')[:40] or 'folder'}_{fingerprint[:16]}"
+  suffix = "" if corrupt_images == "skip" else "_strict"
+  return f"{base.strip('_')[:40] or 'folder'}_{fingerprint[:16]}{suffix}"
 
 
 def _subdirs(path: str) -> list[str]:

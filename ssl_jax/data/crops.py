@@ -99,7 +99,9 @@ def _crop_resize(image: Image.Image, boxes, sizes) -> list[np.ndarray]:
   request_h = max(math.ceil(height * s / (b[3] - b[1])) for b, s in zip(boxes, sizes))
   image.draft("RGB", (request_w, request_h))
   sx, sy = image.size[0] / width, image.size[1] / height
-  if image.mode not in ("RGB", "L"):
+  if image.mode in _WIDE_GREY_MODES:
+    image = Image.fromarray(_rgb_array(image))
+  elif image.mode not in ("RGB", "L"):
     image = image.convert("RGB")
   else:
     image.load()
@@ -110,7 +112,22 @@ def _crop_resize(image: Image.Image, boxes, sizes) -> list[np.ndarray]:
   ]
 
 
+# PIL modes of 16/32-bit integer grey images (16-bit PNG/TIFF). PIL's own
+# convert('RGB') clips them at 255 instead of scaling.
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def _rgb_array(image: Image.Image) -> np.ndarray:
+  """``uint8 [H, W, 3]`` of any PIL image: grey, palette, RGBA, CMYK, 16-bit grey."""
+  if image.mode in _WIDE_GREY_MODES:
+    # 16-bit samples: keep the high byte (x * 255 / 65535, rounded down).
+    grey = (np.clip(np.asarray(image, np.int64), 0, 65535) >> 8).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
   if image.mode != "RGB":
     image = image.convert("RGB")
   return np.asarray(image)
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+  """``uint8 [H, W, 3]`` of a PIL image in any mode (see ``_rgb_array``)."""
+  return _rgb_array(image)

@@ -50,7 +50,8 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
   ``train_split``, ``eval_train_split``, ``eval_test_split``, ``image_size``
   (eval centre crop of variable-size datasets), ``manual_dir`` (imagenet2012's
   tar files), ``num_threads`` (host decode threads), ``prefetch`` (batches
-  computed ahead).
+  computed ahead), ``corrupt_images`` (image folders: 'skip' an undecodable
+  file with a warning naming it and a count, or 'error').
   """
   train_split, eval_test_split, image_size = _DEFAULTS.get(
       name.split("/")[0].split(":")[0], ("train", "test", 224))
@@ -65,6 +66,7 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
   config.manual_dir = config_dict.placeholder(str)
   config.num_threads = 8
   config.prefetch = 2
+  config.corrupt_images = "skip"
   return config
 
 
@@ -120,9 +122,10 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, start_step:
       ``jax.process_count()``.
 
   Yields:
-    Fixed-size datasets: ``{'image': uint8 [G/P, H, W, 3], 'label': int32 [G/P]}``.
-    Variable-size datasets: ``{'views': (uint8 [G/P, r.size, r.size, 3] per recipe),
-    'label': int32 [G/P]}``, the crop of view ``v`` of global batch row ``i`` at step
+    Fixed-size datasets: ``{'image': uint8 [G/P, H, W, 3], 'label': int32 [G/P],
+    'index': int32 [G/P]}`` (``index``: the example's position in the split, as in
+    ``eval_batches``' order). Variable-size datasets: ``{'views': (uint8 [G/P, r.size,
+    r.size, 3] per recipe), 'label': int32 [G/P], 'index': int32 [G/P]}``, the crop of view ``v`` of global batch row ``i`` at step
     ``s`` drawn from ``np.random.default_rng((seed, s, i, v))``.
   """
   config = _checked(data_config)
@@ -147,10 +150,12 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, start_step:
 
   def load(step: int) -> dict:
     positions = step * global_batch_size + first_row + np.arange(batch)
-    records = source.__getitems__(order.indices(positions).tolist())
+    indices = order.indices(positions)
+    records = source.__getitems__(indices.tolist())
     labels = np.asarray([r["label"] for r in records], np.int32)
+    index = indices.astype(np.int32)
     if pool is None:
-      return {"image": dataset.images(records), "label": labels}
+      return {"image": dataset.images(records), "label": labels, "index": index}
 
     def crop(row):
       rngs = [np.random.default_rng((seed, step, first_row + row, v))
@@ -158,7 +163,7 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, start_step:
       return crops.random_resized_crops(records[row]["image"], crop_recipes, rngs)
 
     views = list(zip(*pool.map(crop, range(batch))))
-    return {"views": tuple(np.stack(v) for v in views), "label": labels}
+    return {"views": tuple(np.stack(v) for v in views), "label": labels, "index": index}
 
   steps = grain.MapDataset.range(start_step, _FOREVER).map(load)
   return _iterate(steps, config)

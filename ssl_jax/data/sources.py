@@ -123,7 +123,8 @@ def open_dataset(config) -> Dataset:
   manual_dir), so repeated calls cost nothing.
   """
   data_dir = resolve_data_dir(config.data_dir)
-  key = (config.name, data_dir, config.folder, config.manual_dir)
+  key = (config.name, data_dir, config.folder, config.manual_dir,
+         config.get("corrupt_images", "skip"))
   with _OPEN_LOCK:
     if key not in _OPENED:
       if config.name == "digits":
@@ -131,21 +132,23 @@ def open_dataset(config) -> Dataset:
         _prepare(digits)
         dataset = Dataset("digits", tfds.builder_from_directory(digits.data_path))
       elif config.name == "image_folder":
-        dataset = Dataset("image_folder", _open_image_folder(config.folder, data_dir))
+        dataset = Dataset("image_folder", _open_image_folder(
+            config.folder, data_dir, config.get("corrupt_images", "skip")))
       else:
         dataset = Dataset(config.name, _open_catalog(config.name, data_dir, config.manual_dir))
       _OPENED[key] = dataset
     return _OPENED[key]
 
 
-def _open_image_folder(folder: str | None, data_dir: str) -> tfds.core.DatasetBuilder:
+def _open_image_folder(folder: str | None, data_dir: str,
+                       corrupt_images: str = "skip") -> tfds.core.DatasetBuilder:
   if not folder:
     raise ValueError(
         "name='image_folder' needs data_config.folder: a directory laid out as "
         "<folder>/<split>/<class>/<image>.jpg (splits such as train/ and test/)")
   files, class_names, fingerprint = builders.scan_image_folder(folder)
   root = os.path.realpath(folder)
-  config_name = builders.folder_config_name(root, fingerprint)
+  config_name = builders.folder_config_name(root, fingerprint, corrupt_images)
   path = os.path.join(data_dir, builders.SslJaxImageFolder.name, config_name,
                       str(builders.SslJaxImageFolder.VERSION))
   if not os.path.exists(os.path.join(path, "dataset_info.json")):
@@ -153,7 +156,7 @@ def _open_image_folder(folder: str | None, data_dir: str) -> tfds.core.DatasetBu
         name=config_name, description=f"Image folder {root}", root=root,
         class_names=tuple(class_names),
         files={split: tuple(entries) for split, entries in files.items()},
-        image_shape=builders.common_image_shape(root, files))
+        image_shape=builders.common_image_shape(root, files), corrupt_images=corrupt_images)
     _prepare(builders.SslJaxImageFolder(config=config, data_dir=data_dir))
   return tfds.builder_from_directory(path)
 

@@ -16,8 +16,29 @@ A method module defines (see ``simclr.py`` for the reference implementation)::
       After the optimizer step: EMA of target params (tau scheduled over
       ``total_steps``), queue push, ... ``step`` counts steps taken (>= 1).
 
-Optional:
+Methods that keep a target network or a queue (BYOL, MoCo v2/v3) hold it in
+``method_state`` as an explicit pytree; ``loss_fn`` may update it (the target's
+BN statistics from its forward pass, MoCo's queue push with the keys it just
+computed) and ``post_update`` applies the EMA. Their shared parts (EMA, cosine
+tau schedule, replicated gather, FIFO queue) are in ``common.py``.
 
+Optional parts (the trainer calls them only when a method defines them):
+
+  project_params(params, config) -> params
+      Applied right after each optimizer update (SwAV: prototypes back onto the
+      unit sphere, i.e. normalised before every step as the reference does).
+  epoch_start(state, context) -> state
+      Before the first step of every epoch (``ssl_jax.epoch_hooks``): offline
+      re-clustering (DeepCluster), epoch-dependent switches (SwAV's queue start).
+  USES_EXAMPLE_INDEX = True
+      ``loss_fn`` then also gets ``example_index``: int32 [n], each example's
+      position in the training split (DeepCluster's pseudo-labels, memory bank).
+  embed(params, batch_stats, views, *, config, axis_name) -> (embeddings, batch_stats)
+  loss_from_embeddings(embeddings, method_state, key, *, config, axis_name)
+      -> (loss, (method_state, metrics))
+      ``loss_fn`` split in two, for batch-coupled losses (SimCLR): lets
+      ``config.microbatches`` use gradient caching (``ssl_jax.microbatch``)
+      instead of accumulation, so the loss stays that of the whole batch.
   make_views(example_keys, images, recipes, *, config) -> views
       Replaces the step's ``augment.views(example_keys, images, recipes)`` for
       methods whose inputs are not plain augmented views (Jigsaw's shuffled
@@ -43,7 +64,8 @@ from __future__ import annotations
 import importlib
 import types
 
-_METHODS = ("simclr", "rotnet", "jigsaw", "cpc")
+_METHODS = ("simclr", "byol", "mocov2", "simsiam", "mocov3", "swav", "deepcluster",
+            "deepclusterv2", "rotnet", "jigsaw", "cpc")
 
 
 def get_method(name: str) -> types.ModuleType:

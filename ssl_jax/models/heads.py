@@ -13,7 +13,23 @@ constructor                 layers (hidden -> out)   details (reference implemen
 ``simclr_v2_projector``     2048 -> 2048 -> 128      the same with ``num_proj_layers=3`` (SimCLRv2)
 ``byol_projector``          4096 -> 256              Linear (bias) - BN - ReLU - Linear (no bias);
                                                      deepmind-research/byol ``networks.MLP``
-``byol_predictor``          4096 -> 256              same as the projector (BYOL Sec. 3.3)
+``byol_predictor``          4096 -> 256              same as the projector (BYOL Sec. 3.3);
+                                                     ``norm='layer'``: LayerNorm instead of BN
+                                                     (the GN+WS variant, Richemond et al. 2020)
+``simsiam_projector``       2048 -> 2048 -> 2048     Linear (no bias) - BN - ReLU, twice, then
+                                                     Linear - BN (no affine); Chen & He 2021
+                                                     Sec. 3 / facebookresearch/simsiam builder
+                                                     (the output Linear's bias is frozen there:
+                                                     we omit it, BN would remove it anyway)
+``simsiam_predictor``       512 -> 2048              Linear (no bias) - BN - ReLU - Linear (bias);
+                                                     the 512 bottleneck of Sec. 3
+``mocov2_projector``        2048 -> 128              Linear (bias) - ReLU - Linear (bias), no BN;
+                                                     MoCo v2 (Chen et al. 2020) ``--mlp``
+``mocov3_projector``        4096 -> 4096 -> 256      Linear (no bias) - BN - ReLU, twice, then
+                                                     Linear - BN (no affine); facebookresearch/
+                                                     moco-v3 ``_build_mlp(3, ..., last_bn=True)``
+``mocov3_predictor``        4096 -> 256              Linear (no bias) - BN - ReLU - Linear (no
+                                                     bias); ``_build_mlp(2, ..., last_bn=False)``
 ==========================  =======================  ==========================================
 
 SimCLR sizes the hidden layers of its projector to the encoder's feature width
@@ -38,6 +54,8 @@ import jax.numpy as jnp
 
 # Floor on norms before dividing, as torch.nn.functional.normalize (SwAV).
 _NORM_EPS = 1e-12
+# Normalisation layers of the hidden Linear layers (MLPHead.norm).
+HEAD_NORMS = ('batch', 'layer')
 
 
 class MLPHead(nn.Module):
@@ -47,8 +65,10 @@ class MLPHead(nn.Module):
     hidden_dims: widths of the hidden layers, e.g. ``(2048,)`` (SimCLR v1),
       ``(2048, 2048)`` (SimCLR v2), ``(4096,)`` (BYOL). ``()`` is a linear head.
     output_dim: output width: 128 SimCLR, 256 BYOL.
-    use_bn: BatchNorm (learned scale and centre) after each hidden Linear,
-      before the ReLU.
+    use_bn: a normalisation layer (learned scale and centre) after each hidden
+      Linear, before the ReLU: BatchNorm, or LayerNorm if ``norm == 'layer'``.
+    norm: 'batch' (BatchNorm) or 'layer' (LayerNorm: no batch statistics, for
+      the GN+WS variant of BYOL; no ``batch_stats`` collection then).
     last_bn: BatchNorm on the output (SimCLR's code). It has no centre: the
       output is compared by cosine, and the offset would be a constant shift of
       every embedding. Its scale is learned iff ``last_bn_scale``.
@@ -68,6 +88,7 @@ class MLPHead(nn.Module):
   hidden_dims: Sequence[int]
   output_dim: int
   use_bn: bool = True
+  norm: str = 'batch'
   last_bn: bool = False
   last_bn_scale: bool = True
   use_bias: bool = True
@@ -82,6 +103,11 @@ class MLPHead(nn.Module):
       if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
         raise ValueError(f'MLPHead widths must be positive integers, got hidden_dims='
                          f'{self.hidden_dims!r}, output_dim={self.output_dim!r}.')
+    if self.norm not in HEAD_NORMS:
+      raise ValueError(f'MLPHead norm={self.norm!r} is not supported; use one of {HEAD_NORMS}.')
+    if self.norm == 'layer' and self.last_bn:
+      raise ValueError("MLPHead last_bn needs norm='batch' (an output LayerNorm is not a "
+                       'paper configuration).')
     super().__post_init__()
 
   @nn.compact
@@ -106,7 +132,10 @@ class MLPHead(nn.Module):
     x = x.astype(self.dtype)
     for i, width in enumerate(self.hidden_dims):
       x = dense(width, use_bias=self.use_bias, name=f'hidden_{i}')(x)
-      if self.use_bn:
+      if self.use_bn and self.norm == 'layer':
+        x = nn.LayerNorm(epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=jnp.float32,
+                         name=f'hidden_ln_{i}')(x)
+      elif self.use_bn:
         x = norm(name=f'hidden_bn_{i}')(x)
       x = nn.relu(x)
     x = dense(self.output_dim, use_bias=self.output_bias, name='output')(x)
@@ -132,18 +161,77 @@ def simclr_v2_projector(hidden_dim: int = 2048, output_dim: int = 128, num_layer
                  output_bias=False, axis_name=axis_name, dtype=dtype)
 
 
-def byol_projector(hidden_dim: int = 4096, output_dim: int = 256, *,
+def byol_projector(hidden_dim: int = 4096, output_dim: int = 256, *, norm: str = 'batch',
                    axis_name: str | None = None, dtype: Any = jnp.float32) -> MLPHead:
-  """BYOL (Grill et al. 2020, Sec. 3.3) projector: Linear - BN - ReLU - Linear."""
-  return MLPHead(hidden_dims=(hidden_dim,), output_dim=output_dim, use_bn=True,
+  """BYOL (Grill et al. 2020, Sec. 3.3) projector: Linear - BN - ReLU - Linear.
+
+  ``norm='layer'`` puts LayerNorm in place of BN, for BYOL without batch
+  statistics (Richemond et al. 2020): with a GN+WS encoder, no layer of the
+  network then looks across the batch.
+  """
+  return MLPHead(hidden_dims=(hidden_dim,), output_dim=output_dim, use_bn=True, norm=norm,
                  last_bn=False, use_bias=True, output_bias=False, axis_name=axis_name,
                  dtype=dtype)
 
 
-def byol_predictor(hidden_dim: int = 4096, output_dim: int = 256, *,
+def byol_predictor(hidden_dim: int = 4096, output_dim: int = 256, *, norm: str = 'batch',
                    axis_name: str | None = None, dtype: Any = jnp.float32) -> MLPHead:
   """BYOL predictor: the same architecture as the projector (Grill et al. 2020, Sec. 3.3)."""
-  return byol_projector(hidden_dim, output_dim, axis_name=axis_name, dtype=dtype)
+  return byol_projector(hidden_dim, output_dim, norm=norm, axis_name=axis_name, dtype=dtype)
+
+
+def simsiam_projector(hidden_dim: int = 2048, output_dim: int = 2048, num_layers: int = 3, *,
+                      axis_name: str | None = None, dtype: Any = jnp.float32) -> MLPHead:
+  """SimSiam (Chen & He 2021, Sec. 3 "Baseline settings") projector.
+
+  ``num_layers`` Linear layers (3 on ImageNet, 2 on CIFAR: appendix D), BN on
+  every one; the output BN has no affine parameters, the hidden Linear layers
+  no bias.
+  """
+  if num_layers < 1:
+    raise ValueError(f'num_layers={num_layers} must be >= 1.')
+  return MLPHead(hidden_dims=(hidden_dim,) * (num_layers - 1), output_dim=output_dim,
+                 use_bn=True, last_bn=True, last_bn_scale=False, use_bias=False,
+                 output_bias=False, axis_name=axis_name, dtype=dtype)
+
+
+def simsiam_predictor(hidden_dim: int = 512, output_dim: int = 2048, *,
+                      axis_name: str | None = None, dtype: Any = jnp.float32) -> MLPHead:
+  """SimSiam predictor h: Linear (no bias) - BN - ReLU - Linear (bias), 512 bottleneck.
+
+  Chen & He 2021, Sec. 3: "h's input and output dimension is 2048, its hidden
+  layer's dimension is 512"; no BN on the output layer.
+  """
+  return MLPHead(hidden_dims=(hidden_dim,), output_dim=output_dim, use_bn=True,
+                 last_bn=False, use_bias=False, output_bias=True, axis_name=axis_name,
+                 dtype=dtype)
+
+
+def mocov2_projector(hidden_dim: int = 2048, output_dim: int = 128, *,
+                     dtype: Any = jnp.float32) -> MLPHead:
+  """MoCo v2 (Chen, Fan, Girshick & He 2020, Sec. 2) MLP head: fc - ReLU - fc, no BN."""
+  return MLPHead(hidden_dims=(hidden_dim,), output_dim=output_dim, use_bn=False,
+                 use_bias=True, output_bias=True, dtype=dtype)
+
+
+def mocov3_projector(hidden_dim: int = 4096, output_dim: int = 256, *,
+                     axis_name: str | None = None, dtype: Any = jnp.float32) -> MLPHead:
+  """MoCo v3 (Chen, Xie & He 2021, Sec. 4 / appendix) ResNet projector: 3 layers, BN on all.
+
+  The output BN has no affine parameters; no Linear has a bias (the reference
+  ``_build_mlp``).
+  """
+  return MLPHead(hidden_dims=(hidden_dim, hidden_dim), output_dim=output_dim, use_bn=True,
+                 last_bn=True, last_bn_scale=False, use_bias=False, output_bias=False,
+                 axis_name=axis_name, dtype=dtype)
+
+
+def mocov3_predictor(hidden_dim: int = 4096, output_dim: int = 256, *,
+                     axis_name: str | None = None, dtype: Any = jnp.float32) -> MLPHead:
+  """MoCo v3 predictor: 2 layers, BN on the hidden one only, no biases."""
+  return MLPHead(hidden_dims=(hidden_dim,), output_dim=output_dim, use_bn=True,
+                 last_bn=False, use_bias=False, output_bias=False, axis_name=axis_name,
+                 dtype=dtype)
 
 
 def _l2_normalize(x: jax.Array, axis: int) -> jax.Array:

@@ -1,10 +1,11 @@
-"""Evaluation of frozen backbones: features and the weighted kNN monitor.
+"""The weighted kNN classifier: the trainer's monitor and the ``knn`` protocol.
 
 The kNN classifier is the weighted form of Wu et al. 2018 ("Unsupervised
 Feature Learning via Non-Parametric Instance Discrimination", Sec. 3.4) as used
 by DINO (Caron et al. 2021): cosine similarities s_i to the k nearest training
 features, weights exp(s_i / T), class score = sum of the weights of the
 neighbours of that class, prediction = argmax. Defaults k=200, T=0.07.
+The feature bank is sharded over the devices (each finds its shard's top-k).
 """
 
 from __future__ import annotations
@@ -16,45 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import augment
-from ssl_jax import data
-from ssl_jax.models import encoder as encoder_lib
+from ssl_jax.evaluate import features as features_lib
+from ssl_jax.evaluate import results as results_lib
 from ssl_jax.parallel import BATCH_AXIS
-
-
-def make_feature_fn(config, mesh):
-  """jit(shard_map) of uint8 [B, H, W, 3] -> l2-normalised float32 [B, D] features."""
-  size = config.augment.size
-
-  def features(params, batch_stats, images):
-    x = augment.center_view(images, size)
-    f = encoder_lib.encode(config.model, params, batch_stats, x).astype(jnp.float32)
-    return f / jnp.linalg.norm(f, axis=-1, keepdims=True).clip(1e-12)
-
-  return jax.jit(jax.shard_map(features, mesh=mesh, in_specs=(P(), P(), P(BATCH_AXIS)),
-                               out_specs=P(BATCH_AXIS)))
-
-
-def extract_features(feature_fn, params, batch_stats, config, split, mesh):
-  """(features float32 [N, D], labels int32 [N]) of one split, on this host."""
-  batch_size = config.eval_batch_size
-  if batch_size % mesh.size:
-    raise ValueError(f"config.eval_batch_size={batch_size} must be divisible by the "
-                     f"{mesh.size} devices.")
-  if jax.process_count() > 1:
-    # Each host would hold only its shard of the bank; gathering it is the
-    # scale-out issue's work. Fail loudly rather than report a wrong number.
-    raise NotImplementedError("The kNN monitor runs on one process for now; "
-                              "set config.knn.every_epochs=0 on multi-host runs.")
-  sharding = jax.sharding.NamedSharding(mesh, P(BATCH_AXIS))
-  feats, labels = [], []
-  for batch in data.eval_batches(config.data, split, batch_size=batch_size):
-    images = jax.make_array_from_process_local_data(sharding, batch["image"])
-    f = feature_fn(params, batch_stats, images)
-    mask = np.asarray(batch["mask"], bool)
-    feats.append(np.asarray(f)[mask])
-    labels.append(np.asarray(batch["label"])[mask])
-  return np.concatenate(feats), np.concatenate(labels).astype(np.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k", "mesh"))
@@ -111,10 +76,42 @@ def knn_predict(bank, bank_labels, queries, *, num_classes: int, mesh, k: int = 
 
 def knn_accuracy(feature_fn, params, batch_stats, config, mesh, num_classes) -> float:
   """Top-1 weighted-kNN accuracy: bank = eval_train split, queries = eval_test split."""
-  bank, bank_labels = extract_features(feature_fn, params, batch_stats, config,
+  bank, bank_labels = features_lib.extract_features(feature_fn, params, batch_stats, config,
                                        config.data.eval_train_split, mesh)
-  queries, labels = extract_features(feature_fn, params, batch_stats, config,
+  queries, labels = features_lib.extract_features(feature_fn, params, batch_stats, config,
                                      config.data.eval_test_split, mesh)
   preds = knn_predict(bank, bank_labels, queries, num_classes=num_classes, mesh=mesh,
                       k=config.knn.k, temperature=config.knn.temperature)
   return float(np.mean(preds == labels))
+
+
+def knn_protocol(workdir: str, eval_config, *, dataset: str | None = None,
+                 data_dir: str | None = None, folder: str | None = None, setup=None) -> dict:
+  """The ``knn`` protocol: top-1 of weighted kNN for each k, written to ``workdir/eval``.
+
+  Bank: the eval dataset's ``eval_train_split``; queries: its ``eval_test_split``;
+  l2-normalised centre-crop backbone features of the checkpoint.
+
+  Returns:
+    The result record ({'metrics': {'top1_k20': ..., 'top1_k200': ...}, ...}).
+  """
+  s = setup or features_lib.setup(workdir, dataset=dataset, data_dir=data_dir, folder=folder,
+                                  batch_size=eval_config.batch_size)
+  feature_fn = features_lib.make_feature_fn(s.config, s.mesh)
+  bank, bank_labels = features_lib.extract_features(
+      feature_fn, s.params, s.batch_stats, s.config, s.data_config.eval_train_split, s.mesh)
+  queries, labels = features_lib.extract_features(
+      feature_fn, s.params, s.batch_stats, s.config, s.data_config.eval_test_split, s.mesh)
+  ks = tuple(int(k) for k in eval_config.knn.k)
+  metrics = {}
+  for k in ks:
+    preds = knn_predict(bank, bank_labels, queries, num_classes=s.info.num_classes,
+                        mesh=s.mesh, k=k, temperature=eval_config.knn.temperature)
+    metrics[f"top1_k{k}"] = float(np.mean(preds == labels))
+  record = s.record("knn", metrics, {
+      "k": ks, "temperature": float(eval_config.knn.temperature),
+      "bank": f"{s.data_config.eval_train_split} ({len(bank)})",
+      "queries": f"{s.data_config.eval_test_split} ({len(queries)})",
+      "features": "l2-normalised centre crop"}, eval_config.seed)
+  results_lib.write_result(workdir, record)
+  return record

@@ -1,0 +1,202 @@
+r"""The reproduction table: every method x seeds at a stated CPU budget, then kNN + linear.
+
+Each (method, dataset, seed) pre-trains with the method's own config
+(``configs/<method>.py:<dataset>``) cut to ``--total_steps`` steps, then runs
+the ``knn`` (weighted, k=20/200, T=0.07) and ``linear`` (L-BFGS logistic
+regression on standardised centre-crop features, C chosen on 10% of train)
+protocols of ``ssl_jax.evaluate``. The Markdown table gives mean +- std over
+the seeds per protocol, the budget, the hardware and the wall time, next to
+solo-learn's published CIFAR-10 numbers (ResNet-18, 1000 epochs, linear).
+
+Methods are discovered from ``ssl_jax.methods._METHODS`` (those with a
+``configs/<method>.py``). Datasets: ``digits`` (offline MNIST-5k) and, with
+``--cifar10_folder`` (or ``auto``: ``../shared/data/cifar10-jpeg.tar.gz``
+unpacked into the output directory), CIFAR-10 as an image folder.
+
+  python benchmarks/reproduce.py --dry_run
+  python benchmarks/reproduce.py --methods=simclr --seeds=0,1 --total_steps=60
+  python benchmarks/reproduce.py --cifar10_folder=auto --datasets=digits,cifar10
+"""
+
+from __future__ import annotations
+
+import os
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={os.cpu_count() or 1}")
+
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import tarfile  # noqa: E402
+import time  # noqa: E402
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_CIFAR10 = os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz")
+
+# solo-learn README, CIFAR-10, ResNet-18, 1000 epochs, linear top-1 (online
+# linear head). Keys are our method names; methods not listed print "-".
+SOLO_LEARN_CIFAR10 = {
+    "barlow_twins": 92.10, "byol": 92.58, "deepcluster": 88.85, "dino": 89.52,
+    "mocov2": 92.94, "moco": 92.94, "mocov3": 93.10, "nnclr": 91.88, "simclr": 90.74,
+    "simsiam": 90.51, "swav": 89.17, "vicreg": 92.07,
+}
+
+_METHODS = flags.DEFINE_list("methods", None, "Methods (default: every available one).")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Pre-training / protocol seeds.")
+_DATASETS = flags.DEFINE_list("datasets", ["digits"], "digits and/or cifar10.")
+_CIFAR10 = flags.DEFINE_string(
+    "cifar10_folder", "", "CIFAR-10 image folder (train/, test/); 'auto': unpack "
+    "../shared/data/cifar10-jpeg.tar.gz into --out.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).")
+_STEPS = flags.DEFINE_integer("total_steps", 300, "Pre-training steps per run (the budget).")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch (0: the config's).")
+_WIDTH = flags.DEFINE_integer("base_width", 0, "ResNet base width (0: the config's).")
+_OUT = flags.DEFINE_string("out", "/tmp/ssl_jax_reproduce", "Workdirs and results go here.")
+_DRY = flags.DEFINE_boolean("dry_run", False, "Print the plan and exit.")
+
+
+def available_methods() -> list[str]:
+  from ssl_jax import methods  # pylint: disable=g-import-not-at-top
+  return [m for m in methods._METHODS  # pylint: disable=protected-access
+          if os.path.exists(os.path.join(REPO, "configs", f"{m}.py"))]
+
+
+def load_config(method: str, variant: str):
+  spec = importlib.util.spec_from_file_location(
+      f"config_{method}", os.path.join(REPO, "configs", f"{method}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def cifar10_folder() -> str:
+  path = _CIFAR10.value
+  if path != "auto":
+    return path
+  target = os.path.join(_OUT.value, "cifar10_folder")
+  if not os.path.isdir(os.path.join(target, "train")):
+    if not os.path.exists(SHARED_CIFAR10):
+      raise FileNotFoundError(f"--cifar10_folder=auto needs {SHARED_CIFAR10}.")
+    os.makedirs(target, exist_ok=True)
+    with tarfile.open(SHARED_CIFAR10) as tar:
+      tar.extractall(target, filter="data")
+  return target
+
+
+def run_config(method: str, dataset: str, seed: int):
+  """The method's config for ``dataset`` at the budget of the flags."""
+  variant = "image_folder" if dataset == "cifar10" else dataset
+  config = load_config(method, variant)
+  config.seed = seed
+  config.total_steps = _STEPS.value
+  config.knn.every_epochs = 0.0          # the protocols evaluate at the end
+  config.checkpoint_every_steps = _STEPS.value
+  if _BATCH.value:
+    config.batch_size = _BATCH.value
+  if _WIDTH.value:
+    config.model.base_width = _WIDTH.value
+  if _DATA_DIR.value:
+    config.data.data_dir = _DATA_DIR.value
+  if dataset == "cifar10":
+    config.data.folder = cifar10_folder()
+  return config
+
+
+def describe(config) -> str:
+  m = config.model
+  return (f"ResNet-{m.depth} width {m.base_width}, {config.augment.size}px, batch "
+          f"{config.batch_size}, {config.total_steps} steps")
+
+
+def _mean_std(values) -> str:
+  values = 100 * np.asarray(values, np.float64)
+  if len(values) == 1:
+    return f"{values[0]:.2f}"
+  return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+
+
+def table(rows: list[dict], seeds: int) -> str:
+  header = ("| method | dataset | budget | kNN top-1 k=20 | kNN top-1 k=200 | linear top-1 "
+            "(L-BFGS) | linear top-5 | pre-train min/run | solo-learn CIFAR-10 linear |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
+  lines = []
+  for r in rows:
+    lines.append(
+        f"| {r['method']} | {r['dataset']} | {r['budget']} | {_mean_std(r['knn20'])} | "
+        f"{_mean_std(r['knn200'])} | {_mean_std(r['linear1'])} | {_mean_std(r['linear5'])} | "
+        f"{np.mean(r['train_s']) / 60:.1f} | {SOLO_LEARN_CIFAR10.get(r['method'], '-')} |")
+  return (header + "\n".join(lines) +
+          f"\n\nmean ± std over {seeds} seeds (protocol seed = pre-training seed); "
+          "protocols: weighted kNN (Wu et al. 2018, T=0.07) on l2-normalised centre-crop "
+          "features; linear = L-BFGS multinomial logistic regression on standardised "
+          "features, C from {0.01, 0.1, 1, 10} on 10% of train. solo-learn: ResNet-18, "
+          "1000 epochs, batch 256, full CIFAR-10 on GPUs (not this budget).\n")
+
+
+def main(argv):
+  del argv
+  methods = _METHODS.value or available_methods()
+  seeds = [int(s) for s in _SEEDS.value]
+  datasets = _DATASETS.value
+  import jax  # pylint: disable=g-import-not-at-top
+  hardware = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"{jax.device_count()} XLA {jax.devices()[0].platform} devices")
+  plan = []
+  for dataset in datasets:
+    for method in methods:
+      for seed in seeds:
+        workdir = os.path.join(_OUT.value, f"{method}_{dataset}_s{seed}")
+        plan.append((method, dataset, seed, workdir))
+  print(f"# Reproduction plan: {len(methods)} methods x {len(datasets)} datasets x "
+        f"{len(seeds)} seeds = {len(plan)} runs; {_STEPS.value} pre-training steps each; "
+        f"{hardware}")
+  for method, dataset, seed, workdir in plan:
+    budget = "(cifar10 folder needed)" if dataset == "cifar10" and not _CIFAR10.value else \
+        describe(run_config(method, dataset, seed))
+    print(f"- {method} on {dataset}, seed {seed}: {budget} -> {workdir}; then knn + linear")
+  if _DRY.value:
+    return
+
+  from ssl_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from ssl_jax import train  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  grouped: dict[tuple[str, str], dict] = {}
+  for method, dataset, seed, workdir in plan:
+    config = run_config(method, dataset, seed)
+    t0 = time.perf_counter()
+    train.train_and_evaluate(config, workdir)
+    train_s = time.perf_counter() - t0
+    eval_config = evaluate.default_config()
+    eval_config.seed = seed
+    eval_config.linear.solver = "lbfgs"
+    knn = evaluate.knn_protocol(workdir, eval_config)["metrics"]
+    lin = evaluate.linear_protocol(workdir, eval_config)["metrics"]
+    row = grouped.setdefault((method, dataset), {
+        "method": method, "dataset": dataset, "budget": describe(config), "knn20": [],
+        "knn200": [], "linear1": [], "linear5": [], "train_s": []})
+    row["knn20"].append(knn["top1_k20"])
+    row["knn200"].append(knn["top1_k200"])
+    row["linear1"].append(lin["top1"])
+    row["linear5"].append(lin["top5"])
+    row["train_s"].append(train_s)
+    print(f"done {method} {dataset} seed {seed}: kNN20 {knn['top1_k20']:.4f} linear "
+          f"{lin['top1']:.4f} ({train_s:.0f} s pre-training)", flush=True)
+  wall = time.perf_counter() - start
+  md = table(list(grouped.values()), len(seeds))
+  md += f"Hardware: {hardware}. Total wall time: {wall / 60:.1f} min.\n"
+  os.makedirs(_OUT.value, exist_ok=True)
+  with open(os.path.join(_OUT.value, "reproduce.md"), "w", encoding="utf-8") as f:
+    f.write(md)
+  with open(os.path.join(_OUT.value, "reproduce.json"), "w", encoding="utf-8") as f:
+    json.dump(list(grouped.values()), f, indent=2)
+  print(md)
+
+
+if __name__ == "__main__":
+  app.run(main)
