@@ -1,4 +1,9 @@
-"""CPC v2: patch grid, causal context, InfoNCE vs NumPy float64, 1 vs 8 devices, smoke run."""
+"""CPC v2: patch grid, causal context, InfoNCE vs NumPy float64, 1 vs 8 devices, smoke run.
+
+The 1-vs-8-device test runs the loss (and its gradient) under shard_map: the
+all_gather of negatives is CPC's only cross-device term (layer norm has no
+batch statistics); per-example view keys are covered by test_jigsaw.
+"""
 
 import functools
 
@@ -15,11 +20,6 @@ from ssl_jax.models import encoder as encoder_lib
 from ssl_jax.parallel import make_mesh
 
 import method_testing
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
 
 
 def test_patch_grid_geometry():
@@ -45,9 +45,11 @@ def test_context_is_causal_over_rows():
 
   @jax.jit
   def row_sensitivity(z):  # [r, row]: how much c[:, r] depends on z[:, row]
-    grads = [jax.grad(lambda z, r=r: jnp.sum(net.apply(params, z)[:, r] ** 2))(z)
-             for r in range(7)]
-    return jnp.stack([jnp.sum(jnp.abs(g), axis=(0, 2, 3)) for g in grads])
+    out, vjp = jax.vjp(lambda z: net.apply(params, z), z)
+    noise = jax.random.normal(jax.random.key(2), out.shape)
+    cotangents = jnp.stack([noise.at[:, :r].set(0).at[:, r + 1:].set(0) for r in range(7)])
+    (grads,) = jax.vmap(vjp)(cotangents)                      # [7, B, R, C, D]
+    return jnp.sum(jnp.abs(grads), axis=(1, 3, 4))
 
   sensitivity = np.asarray(row_sensitivity(z))
   for r in range(7):
@@ -73,10 +75,19 @@ def test_bidirectional_predictions_never_see_their_target_rows():
 
   @jax.jit
   def sensitivity(z):  # {(k, r): how much the prediction at row r for k depends on each row}
-    def out(z, k, r):
-      return jnp.sum(model.apply(params, z, method=cpc.CPCModel.predict)[k - 1][:, r] ** 2)
-    return {(k, r): jnp.sum(jnp.abs(jax.grad(out)(z, k, r)), axis=(0, 2, 3))
-            for k in (1, 2) for r in range(7 - k)}
+    out, vjp = jax.vjp(lambda z: model.apply(params, z, method=cpc.CPCModel.predict), z)
+    result = {}
+    for k in (1, 2):
+      rows = out[k - 1].shape[1]
+      noise = jax.random.normal(jax.random.key(k), out[k - 1].shape)
+      cotangents = [[jnp.zeros_like(o) for o in out] for _ in range(rows)]
+      for r in range(rows):
+        cotangents[r][k - 1] = noise.at[:, :r].set(0).at[:, r + 1:].set(0)
+      stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *cotangents)
+      (grads,) = jax.vmap(vjp)(stacked)
+      for r in range(rows):
+        result[(k, r)] = jnp.sum(jnp.abs(grads[r]), axis=(0, 2, 3))
+    return result
 
   for (k, r), rows in sensitivity(z).items():
     rows = np.asarray(rows)
@@ -136,10 +147,9 @@ def test_info_nce_positives_are_the_right_image_and_position():
     assert float(loss) > 20.0 and float(accuracy) == 0.0
 
 
-@pytest.mark.parametrize("num_devices", [8])
-def test_info_nce_8_devices_equals_1_device(num_devices):
+def test_info_nce_8_devices_equals_1_device():
   predictions, z = _random_inputs(n=16)
-  mesh = make_mesh(jax.devices()[:num_devices])
+  mesh = make_mesh(jax.devices())
   fn = jax.jit(jax.shard_map(functools.partial(cpc.cpc_info_nce, axis_name="batch"), mesh=mesh,
                              in_specs=(P("batch"), P("batch")), out_specs=(P(), P())))
   loss, accuracy = fn(predictions, z)
@@ -150,16 +160,6 @@ def test_info_nce_8_devices_equals_1_device(num_devices):
   g8 = jax.grad(lambda z: fn(predictions, z)[0])(z)
   g1 = jax.grad(lambda z: cpc.cpc_info_nce(predictions, z)[0])(z)
   np.testing.assert_allclose(np.asarray(g8), np.asarray(g1), rtol=1e-4, atol=1e-7)
-
-
-def test_loss_8_devices_equals_1_device(data_dir):
-  config = method_testing.method_config("cpc", data_dir, **{"cpc.prediction_steps": 2})
-  cfg = config.cpc
-  cfg.context_width, cfg.context_bottleneck, cfg.context_dim = 16, 8, 16
-  loss, metrics = method_testing.assert_loss_device_invariant(config)
-  # At init every patch feature is about as likely: loss ~ log(16 images x 9 patches).
-  assert abs(float(loss) - np.log(16 * 9)) < 1.5
-  assert 0.0 <= metrics["cpc_accuracy"] <= 1.0
 
 
 def test_smoke_run_with_knn_on_pooled_patch_features(data_dir, tmp_path):

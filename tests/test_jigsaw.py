@@ -4,17 +4,11 @@ import itertools
 
 import jax
 import numpy as np
-import pytest
 
 from ssl_jax import train
 from ssl_jax.methods import jigsaw
 
 import method_testing
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
 
 
 def _hamming(a, b):
@@ -109,7 +103,7 @@ def test_smoke_run(data_dir, tmp_path):
   config = method_testing.method_config(
       "jigsaw", data_dir, total_steps=12, log_every_steps=4, batch_size=32,
       **{"augment.size": 18, "jigsaw.tile_size": 5, "jigsaw.num_permutations": 10,
-         "knn.every_epochs": 1000.0})
+})
   config.optim.base_learning_rate = 0.4
   results = train.train_and_evaluate(config, str(tmp_path))
   records = [r for r in method_testing.read_metrics(str(tmp_path)) if "loss" in r]
@@ -117,4 +111,4 @@ def test_smoke_run(data_dir, tmp_path):
   assert np.all(np.isfinite(losses))
   assert losses[-1] < losses[0], losses
   assert "permutation_accuracy" in records[-1]
-  assert 0.0 <= results["knn_top1"] <= 1.0
+  assert results["step"] == 12

@@ -1,18 +1,16 @@
-"""RotNet: exact rotations and labels, the step schedule, 1 vs 8 devices, smoke run."""
+"""RotNet: exact rotations and labels, the step schedule, smoke run.
+
+RotNet has no cross-device term but BN and the mean; the trainer's 1-vs-8
+device test and test_jigsaw's (same make-views/BN path) cover those.
+"""
 
 import numpy as np
-import pytest
 
 from ssl_jax import optim
 from ssl_jax import train
 from ssl_jax.methods import rotnet
 
 import method_testing
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
 
 
 def _reference_rotation(image, k):
@@ -53,18 +51,9 @@ def test_step_schedule_matches_reference():
     np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-6)
 
 
-def test_loss_8_devices_equals_1_device(data_dir):
-  config = method_testing.method_config("rotnet", data_dir)
-  loss, metrics = method_testing.assert_loss_device_invariant(config)
-  assert 0.0 <= metrics["rotation_accuracy"] <= 1.0
-  # At init the 4-way cross-entropy is about log 4.
-  assert abs(float(loss) - np.log(4)) < 0.5
-
-
 def test_smoke_learns_rotations(data_dir, tmp_path):
   config = method_testing.method_config(
-      "rotnet", data_dir, total_steps=16, log_every_steps=4, batch_size=32,
-      **{"knn.every_epochs": 1000.0})
+      "rotnet", data_dir, total_steps=16, log_every_steps=4, batch_size=32)
   config.optim.base_learning_rate = 0.4
   results = train.train_and_evaluate(config, str(tmp_path))
   records = [r for r in method_testing.read_metrics(str(tmp_path)) if "loss" in r]
@@ -73,4 +62,4 @@ def test_smoke_learns_rotations(data_dir, tmp_path):
   assert np.mean(losses[-2:]) < losses[0] - 0.1, losses
   assert records[-1]["rotation_accuracy"] > 0.4, records[-1]
   assert "embedding_rank" in records[-1]
-  assert 0.0 <= results["knn_top1"] <= 1.0
+  assert results["step"] == 16

@@ -200,8 +200,31 @@ def init(key, config, sample_images):
   return variables["params"], variables.get("batch_stats", {}), {}
 
 
+def embed(params, batch_stats, views, *, config, axis_name):
+  """(z [n, R, C, D], [pred_k [n, R - k, C, D]]) of this device's patches, and batch_stats.
+
+  Everything before the batch-coupled InfoNCE; per image (layer norm, and the
+  context network sees one image's grid), so ``config.microbatches`` can use
+  gradient caching (``ssl_jax.microbatch``) with the full-batch result.
+  """
+  (z, predictions), updated = _model(config, axis_name).apply(
+      {"params": params, "batch_stats": batch_stats}, views, train=True,
+      mutable=["batch_stats"])
+  return (z, predictions), updated.get("batch_stats", {})
+
+
+def loss_from_embeddings(embeddings, method_state, key, *, config, axis_name):
+  """CPC InfoNCE (``cpc_info_nce``) of this device's z / predictions against the global batch."""
+  del key, config
+  z, predictions = embeddings
+  loss, accuracy = cpc_info_nce(predictions, z, axis_name)
+  metrics = {"loss": loss, "cpc_accuracy": accuracy,
+             **diagnostics.collapse_metrics(jnp.mean(z, axis=(1, 2)), axis_name=axis_name)}
+  return loss, (method_state, metrics)
+
+
 def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name):
-  """CPC InfoNCE over the patch grid of the global batch.
+  """CPC InfoNCE over the patch grid of the global batch (``embed`` + ``loss_from_embeddings``).
 
   Args:
     views: float32 [n, R, C, p, p, 3] patches from ``make_views``.
@@ -210,14 +233,11 @@ def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name)
     (loss, (batch_stats, method_state, metrics)); metrics has ``cpc_accuracy``
     and the collapse diagnostics of the mean-pooled patch features.
   """
-  del key
-  (z, predictions), updated = _model(config, axis_name).apply(
-      {"params": params, "batch_stats": batch_stats}, views, train=True,
-      mutable=["batch_stats"])
-  loss, accuracy = cpc_info_nce(predictions, z, axis_name)
-  metrics = {"loss": loss, "cpc_accuracy": accuracy,
-             **diagnostics.collapse_metrics(jnp.mean(z, axis=(1, 2)), axis_name=axis_name)}
-  return loss, (updated.get("batch_stats", {}), method_state, metrics)
+  embeddings, batch_stats = embed(params, batch_stats, views, config=config,
+                                  axis_name=axis_name)
+  loss, (method_state, metrics) = loss_from_embeddings(embeddings, method_state, key,
+                                                       config=config, axis_name=axis_name)
+  return loss, (batch_stats, method_state, metrics)
 
 
 def post_update(params, batch_stats, method_state, step, config, *, total_steps):
