@@ -46,7 +46,7 @@ def test_contrastive_loss_matches_numpy_and_8_devices(devices):
 
 def test_queue_fifo_across_8_devices_matches_numpy(devices):
   """Global order (device 0's keys first), overwrite of the oldest, wrap-around."""
-  size, per_device, dim = 48, 2, 3  # global batch 16: 3 pushes fill the queue, the 4th wraps
+  size, dim = 48, 3  # 2 keys per device, global batch 16: 3 pushes fill the queue, the 4th wraps
   mesh = make_mesh(devices)
 
   def push(queue, keys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-import pytest
 
 from ssl_jax.methods import simsiam
 from ssl_jax.parallel import make_mesh
