@@ -119,7 +119,7 @@ def test_group_ws_has_same_params_and_no_batch_stats():
 @pytest.mark.parametrize('kwargs, valid', [
     (dict(depth=42), '[18, 34, 50, 101, 152, 200]'),
     (dict(stem='tiny'), "('imagenet', 'cifar')"),
-    (dict(norm='layer'), "('batch', 'group_ws')"),
+    (dict(norm='instance'), "('batch', 'group_ws', 'layer')"),
     (dict(width_multiplier=0), 'positive integer'),
 ])
 def test_invalid_fields_raise_naming_valid_values(kwargs, valid):
