@@ -14,8 +14,7 @@ stl10, imagenet2012, imagenette, image_folder; append ',gn_ws' for GN+WS and
 
 from ssl_jax import config_lib
 
-DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagenet2012", "imagenette",
-            "image_folder")
+DATASETS = config_lib.DATASETS
 
 
 def get_config(arg=None):
@@ -64,15 +63,9 @@ def get_config(arg=None):
     # Offline default sized for minutes on two CPU cores (ResNet-18 at 1/8 width,
     # ~300 steps). A few hundred steps are far fewer than 1000 epochs: tau_base
     # 0.99 (DeepMind's value for 100-300 epochs) lets the target follow.
-    c.model.base_width = 8
-    c.batch_size = 256
-    c.eval_batch_size = 256
-    c.total_epochs = 20.0
+    config_lib.apply_digits(c)
     c.optim.warmup_epochs = 1.0
     c.byol.tau_base = 0.99
-    c.log_every_steps = 15
-    c.checkpoint_every_steps = 75
-    c.knn.every_epochs = 10.0
   if gn_ws:
     # Richemond et al. 2020: GN + WS in the encoder, no BN anywhere (LayerNorm in
     # the MLP heads), so the train state has no batch statistics.

@@ -13,8 +13,7 @@ smoke run. Examples:
 from ssl_jax import config_lib
 from ssl_jax import optim
 
-DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagenet2012", "imagenette",
-            "image_folder")
+DATASETS = config_lib.DATASETS
 
 
 def get_config(arg=None):
@@ -67,14 +66,8 @@ def get_config(arg=None):
     # Offline default sized for minutes on two CPU cores (ResNet-18 at 1/8
     # width, ~300 steps); a queue of 4 batches (the training set has 4,000
     # images: a larger queue would hold keys of the query's own image).
-    c.model.base_width = 8
-    c.batch_size = 256
-    c.eval_batch_size = 256
-    c.total_epochs = 20.0
+    config_lib.apply_digits(c)
     c.mocov2.queue_size = 1024
-    c.log_every_steps = 15
-    c.checkpoint_every_steps = 75
-    c.knn.every_epochs = 10.0
   if "runlocal" in flags:
     config_lib.apply_runlocal(c)
     c.mocov2.queue_size = 4 * c.batch_size

@@ -13,8 +13,7 @@ smoke run. Examples:
 from ssl_jax import config_lib
 from ssl_jax import optim
 
-DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagenet2012", "imagenette",
-            "image_folder")
+DATASETS = config_lib.DATASETS
 
 
 def get_config(arg=None):
@@ -70,13 +69,7 @@ def get_config(arg=None):
     c.data.train_split = "train+unlabelled"
   if dataset == "digits":
     # Offline default, sized for a few minutes on two CPU cores (as simclr.py).
-    c.model.base_width = 8
-    c.batch_size = 256
-    c.eval_batch_size = 256
-    c.total_epochs = 20.0
-    c.log_every_steps = 15
-    c.checkpoint_every_steps = 75
-    c.knn.every_epochs = 10.0
+    config_lib.apply_digits(c)
   if "runlocal" in flags:
     config_lib.apply_runlocal(c)
   return c

@@ -14,8 +14,7 @@ smoke run. Examples:
 
 from ssl_jax import config_lib
 
-DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagenet2012", "imagenette",
-            "image_folder")
+DATASETS = config_lib.DATASETS
 
 
 def get_config(arg=None):
@@ -63,14 +62,8 @@ def get_config(arg=None):
     # The offline default: 4,000 real MNIST digits (32x32). Sized for a few
     # minutes on two CPU cores (ResNet-18 at 1/8 width); kNN on the 1,000
     # held-out digits.
-    c.model.base_width = 8
-    c.batch_size = 256
-    c.eval_batch_size = 256
-    c.total_epochs = 20.0
+    config_lib.apply_digits(c)
     c.optim.warmup_epochs = 1.0
-    c.log_every_steps = 15
-    c.checkpoint_every_steps = 75
-    c.knn.every_epochs = 10.0
   if "runlocal" in flags:
     config_lib.apply_runlocal(c)
   return c

@@ -13,8 +13,7 @@ smoke run. Examples:
 from ssl_jax import config_lib
 from ssl_jax import optim
 
-DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagenet2012", "imagenette",
-            "image_folder")
+DATASETS = config_lib.DATASETS
 
 
 def get_config(arg=None):
@@ -63,13 +62,7 @@ def get_config(arg=None):
     c.data.train_split = "train+unlabelled"
   if dataset == "digits":
     # Offline default sized for minutes on two CPU cores (ResNet-18 at 1/8 width).
-    c.model.base_width = 8
-    c.batch_size = 256
-    c.eval_batch_size = 256
-    c.total_epochs = 20.0
-    c.log_every_steps = 15
-    c.checkpoint_every_steps = 75
-    c.knn.every_epochs = 10.0
+    config_lib.apply_digits(c)
   if "runlocal" in flags:
     config_lib.apply_runlocal(c)
   return c

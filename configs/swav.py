@@ -12,8 +12,7 @@ smoke run. Examples:
 
 from ssl_jax import config_lib
 
-DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagenet2012", "imagenette",
-            "image_folder")
+DATASETS = config_lib.DATASETS
 
 
 def get_config(arg=None):
@@ -81,16 +80,11 @@ def get_config(arg=None):
   if dataset == "digits":
     # The offline default, sized for minutes on two CPU cores (ResNet-18 at 1/8
     # width); the queue (1,280 rows) from epoch 5.
-    c.model.base_width = 8
+    config_lib.apply_digits(c, batch_size=None)
     c.swav.num_prototypes = 100
     c.swav.queue_length = 1280
     c.swav.queue_start_epoch = 5
-    c.eval_batch_size = 256
-    c.total_epochs = 20.0
     c.optim.warmup_epochs = 1.0
-    c.log_every_steps = 15
-    c.checkpoint_every_steps = 75
-    c.knn.every_epochs = 10.0
   if "runlocal" in flags:
     config_lib.apply_runlocal(c)
     c.swav.num_small_crops = 2
