@@ -89,11 +89,7 @@ def _networks(config: ml_collections.ConfigDict, axis_name):
 
 def view_recipes(config) -> tuple[augment.ViewRecipe, ...]:
   """BYOL's asymmetric pair (Table 6): preset 'byol' or 'byol_cifar'."""
-  recipes = augment.preset(config.augment.preset, config.augment.size)
-  if len(recipes) != 2:
-    raise ValueError(f"BYOL needs exactly two views; preset {config.augment.preset!r} gives "
-                     f"{len(recipes)}. Use config.augment.preset='byol' or 'byol_cifar'.")
-  return recipes
+  return common.two_view_recipes(config, "BYOL", "'byol' or 'byol_cifar'")
 
 
 def tau_schedule(config, total_steps: int):

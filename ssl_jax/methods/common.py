@@ -22,6 +22,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from ssl_jax import augment
+
 
 # Floor on a vector's L2 norm before dividing (as torch.nn.functional.normalize).
 _NORM_EPS = 1e-12
@@ -147,3 +149,18 @@ def queue_push(queue: dict, new_keys: jax.Array) -> dict:
   keys = jax.lax.dynamic_update_slice_in_dim(queue["keys"], new_keys, queue["pointer"], axis=0)
   return {"keys": keys, "pointer": (queue["pointer"] + batch) % size,
           "filled": jnp.minimum(queue["filled"] + batch, size)}
+
+
+def two_view_recipes(config, method: str, presets: str) -> tuple:
+  """The two views of ``config.augment`` for a two-view method, or an error naming the fix.
+
+  Args:
+    config: the run config (``config.augment.preset`` and ``size``).
+    method: the method's name, for the message.
+    presets: the presets to suggest, e.g. "'byol' or 'byol_cifar'".
+  """
+  recipes = augment.preset(config.augment.preset, config.augment.size)
+  if len(recipes) != 2:
+    raise ValueError(f"{method} needs exactly two views; preset {config.augment.preset!r} gives "
+                     f"{len(recipes)}. Use config.augment.preset={presets}.")
+  return recipes

@@ -78,11 +78,7 @@ def _model(config: ml_collections.ConfigDict, axis_name) -> MoCoEncoder:
 
 def view_recipes(config) -> tuple[augment.ViewRecipe, ...]:
   """Two views of the v2 recipe ('mocov2' preset: crop 0.2-1, jitter 0.4, blur)."""
-  recipes = augment.preset(config.augment.preset, config.augment.size)
-  if len(recipes) != 2:
-    raise ValueError(f"MoCo needs exactly two views; preset {config.augment.preset!r} gives "
-                     f"{len(recipes)}. Use config.augment.preset='mocov2'.")
-  return recipes
+  return common.two_view_recipes(config, "MoCo", "'mocov2'")
 
 
 def _check_queue(config) -> None:

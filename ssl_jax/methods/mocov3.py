@@ -73,11 +73,7 @@ def _networks(config: ml_collections.ConfigDict, axis_name):
 
 def view_recipes(config) -> tuple[augment.ViewRecipe, ...]:
   """BYOL's asymmetric pair (MoCo v3 Sec. 4 uses BYOL's augmentations)."""
-  recipes = augment.preset(config.augment.preset, config.augment.size)
-  if len(recipes) != 2:
-    raise ValueError(f"MoCo v3 needs exactly two views; preset {config.augment.preset!r} "
-                     f"gives {len(recipes)}. Use config.augment.preset='byol'.")
-  return recipes
+  return common.two_view_recipes(config, "MoCo v3", "'byol'")
 
 
 def momentum_schedule(config, total_steps: int):

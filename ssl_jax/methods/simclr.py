@@ -17,6 +17,7 @@ import ml_collections
 from ssl_jax import augment
 from ssl_jax import diagnostics
 from ssl_jax import losses
+from ssl_jax.methods import common
 from ssl_jax.models import encoder as encoder_lib
 from ssl_jax.models import heads
 from ssl_jax.models import resnet
@@ -54,12 +55,7 @@ def _model(config: ml_collections.ConfigDict, axis_name) -> SimCLRModel:
 
 def view_recipes(config) -> tuple[augment.ViewRecipe, ...]:
   """The two views of Sec. 3 / appendix A (preset and size from config.augment)."""
-  recipes = augment.preset(config.augment.preset, config.augment.size)
-  if len(recipes) != 2:
-    raise ValueError(
-        f"SimCLR needs exactly two views; preset {config.augment.preset!r} gives "
-        f"{len(recipes)}. Use config.augment.preset='simclr' or 'simclr_cifar'.")
-  return recipes
+  return common.two_view_recipes(config, "SimCLR", "'simclr' or 'simclr_cifar'")
 
 
 def init(key, config, sample_images):

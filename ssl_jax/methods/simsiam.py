@@ -37,6 +37,7 @@ import ml_collections
 from ssl_jax import augment
 from ssl_jax import diagnostics
 from ssl_jax import losses
+from ssl_jax.methods import common
 from ssl_jax.models import encoder as encoder_lib
 from ssl_jax.models import heads
 from ssl_jax.models import resnet
@@ -69,11 +70,7 @@ def _model(config: ml_collections.ConfigDict, axis_name) -> SimSiamModel:
 
 def view_recipes(config) -> tuple[augment.ViewRecipe, ...]:
   """Two views of MoCo v2's recipe (Sec. 4 "the same as MoCo v2"): preset 'mocov2'."""
-  recipes = augment.preset(config.augment.preset, config.augment.size)
-  if len(recipes) != 2:
-    raise ValueError(f"SimSiam needs exactly two views; preset {config.augment.preset!r} "
-                     f"gives {len(recipes)}. Use config.augment.preset='mocov2'.")
-  return recipes
+  return common.two_view_recipes(config, "SimSiam", "'mocov2'")
 
 
 def init(key, config, sample_images):
