@@ -7,14 +7,9 @@ so a misspelled field is an error that names it.
 
 from __future__ import annotations
 
-import os
+from ssl_jax import cpu_devices  # noqa: E402  (before JAX is imported)
 
-# On a CPU host, XLA runs each convolution on one thread: one simulated device
-# per core lets data parallelism use every core (set before JAX is imported;
-# no effect on GPU/TPU devices, and an explicit XLA_FLAGS setting wins).
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count={os.cpu_count() or 1}")
+cpu_devices.configure()
 
 from absl import app
 from absl import flags

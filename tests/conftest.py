@@ -6,6 +6,9 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+from ssl_jax import cpu_devices  # noqa: E402  (the collective timeouts; before jax)
+
+cpu_devices.configure()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TFDS must never try the network in tests.
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")

@@ -14,7 +14,9 @@ import sys
 def main(argv):
   process_id, num_processes, port = int(argv[1]), int(argv[2]), argv[3]
   workdir, data_dir, method = argv[4], argv[5], argv[6]
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // num_processes}"
+  os.environ["XLA_FLAGS"] = ""
+  from ssl_jax import cpu_devices  # pylint: disable=g-import-not-at-top
+  cpu_devices.configure(8 // num_processes)
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from ssl_jax import parallel  # pylint: disable=g-import-not-at-top
   # A peer that never starts makes initialize() fail after the timeout: the

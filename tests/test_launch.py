@@ -62,3 +62,20 @@ def test_tpu_pod_without_required_arguments_explains(fake_gcloud):
   assert proc.returncode == 2
   assert "--config and --workdir" in proc.stderr
   assert not log.exists()
+
+
+def test_cpu_devices_flags_added_once_and_accepted_by_xla(monkeypatch):
+  from ssl_jax import cpu_devices  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+  cpu_devices.configure()
+  cpu_devices.configure()
+  flags = os.environ["XLA_FLAGS"].split()
+  assert flags.count("--xla_force_host_platform_device_count=3") == 1  # explicit setting wins
+  assert flags.count(f"--xla_cpu_collective_call_terminate_timeout_seconds="
+                     f"{cpu_devices.COLLECTIVE_ABORT_SECONDS}") == 1
+  assert len(flags) == 3
+  # XLA aborts on an unknown flag: a fresh process with these flags must start.
+  out = subprocess.run([sys.executable, "-c", "import jax; print(jax.device_count())"],
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                       text=True, timeout=120, check=True)
+  assert out.stdout.strip().splitlines()[-1] == "3"

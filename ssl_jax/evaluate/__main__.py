@@ -10,12 +10,9 @@ Results: ``DIR/eval/<protocol>_<dataset>.json`` and a row of ``DIR/eval/results.
 from __future__ import annotations
 
 import json
-import os
+from ssl_jax import cpu_devices  # noqa: E402  (before JAX is imported)
 
-# One XLA device per CPU core, as ssl_jax.main (set before JAX is imported).
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count={os.cpu_count() or 1}")
+cpu_devices.configure()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
