@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ssl_jax import methods
 from ssl_jax import optim
 from ssl_jax import train
-from ssl_jax.parallel import BATCH_AXIS, make_mesh
+from ssl_jax.parallel import BATCH_AXIS
 
 
 def topology_devices(topology: str, platform: str = "tpu"):
@@ -45,17 +45,19 @@ def compile_train_step(config, devices, *, image_size: int | None, steps_per_epo
     A ``jax.stages.Compiled``: ``.memory_analysis()`` and ``.cost_analysis()``
     are per device.
   """
-  mesh = make_mesh(devices)
   method = methods.get_method(config.method)
+  mesh = train.run_mesh(config, method, devices)
   tx, schedule = optim.make_optimizer(config.optim, total_steps=total_steps,
                                       steps_per_epoch=steps_per_epoch,
                                       batch_size=config.batch_size)
   recipes = method.view_recipes(config)
-  replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(BATCH_AXIS))
   state = jax.eval_shape(functools.partial(train.init_train_state, config, method, tx))
-  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                       state)
+  shardings = train.state_shardings(config, method, tx, mesh)
+  if isinstance(shardings, NamedSharding):
+    shardings = jax.tree.map(lambda _: shardings, state)
+  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                       state, shardings)
 
   def images(size):
     return jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.uint8,

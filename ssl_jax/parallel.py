@@ -1,8 +1,17 @@
-"""The one data-parallel axis and the mesh it lives on.
+"""The data-parallel axes and the mesh they live on.
 
 Per-device code (losses, cross-replica BatchNorm, the train step) names its
-collectives with ``BATCH_AXIS``; ``make_mesh`` builds the 1-D mesh over which
+collectives with ``BATCH_AXIS``; ``make_mesh`` builds the mesh over which
 ``jax.shard_map`` runs that code. This is what ``jax.pmap`` is in JAX >= 0.10.
+
+The mesh is 2-D, ``(GROUP_AXIS, REPLICA_AXIS)`` = (groups, devices per group),
+and the batch is split over both: ``BATCH_AXIS`` is the pair, so a collective
+over it spans every device and ``P(BATCH_AXIS)`` shards over all of them. Every
+method but one runs with a single group, i.e. a plain 1-D data-parallel mesh.
+DeeperCluster (Caron et al. 2019) uses the group axis as its paper does: each
+group of devices owns some super-classes' sub-classifiers (params sharded
+``P(GROUP_AXIS)``) while batch-norm statistics and the encoder's gradients span
+the whole batch.
 """
 
 from __future__ import annotations
@@ -15,13 +24,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-BATCH_AXIS = "batch"
+GROUP_AXIS = "group"
+REPLICA_AXIS = "replica"
+BATCH_AXIS = (GROUP_AXIS, REPLICA_AXIS)
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh named ``BATCH_AXIS`` over ``devices`` (default: all devices)."""
+def make_mesh(devices=None, groups: int = 1) -> Mesh:
+  """The (``groups``, devices / ``groups``) mesh over ``devices`` (default: all devices).
+
+  Consecutive devices form a group (on a multi-host job, a host's devices stay
+  together when the per-group count is a multiple of the local device count).
+  """
   devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), (BATCH_AXIS,))
+  if groups < 1 or len(devices) % groups:
+    raise ValueError(f"{len(devices)} devices cannot form {groups} equal groups; choose a "
+                     "group count that divides the device count.")
+  return Mesh(np.asarray(devices).reshape(groups, -1), BATCH_AXIS)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -49,6 +67,31 @@ def gather_replicated(x, axis_name):
   buffer = jax.lax.dynamic_update_slice_in_dim(buffer, x, jax.lax.axis_index(axis_name) * n,
                                                axis=0)
   return jax.lax.psum(buffer, axis_name)
+
+
+def varying_axes(x) -> frozenset:
+  """The mesh axes along which per-device value ``x`` differs (shard_map's typing)."""
+  aval = jax.typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.10
+  if manual is not None:
+    return frozenset(manual.varying)
+  return frozenset(getattr(aval, "vma", ()))
+
+
+def global_norm(tree) -> jax.Array:
+  """sqrt(sum of squares) of every leaf; per-device code or plain.
+
+  Leaves split over ``GROUP_AXIS`` (group-sharded params and their gradients)
+  hold a different slice on each group: their squares are summed over it, so
+  the norm is the global one and the same on every device.
+  """
+  total = jnp.zeros((), jnp.float32)
+  for leaf in jax.tree.leaves(tree):
+    square = jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+    if GROUP_AXIS in varying_axes(square):
+      square = jax.lax.psum(square, GROUP_AXIS)
+    total = total + square
+  return jnp.sqrt(total)
 
 
 def _cluster_detected() -> bool:

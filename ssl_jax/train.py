@@ -40,7 +40,8 @@ from ssl_jax import metrics_io
 from ssl_jax import methods
 from ssl_jax import microbatch
 from ssl_jax import optim
-from ssl_jax.parallel import BATCH_AXIS, make_mesh
+from ssl_jax import parallel
+from ssl_jax.parallel import BATCH_AXIS, GROUP_AXIS, make_mesh
 
 
 @flax.struct.dataclass
@@ -126,7 +127,7 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
     params = method.project_params(params, config)
   method_state = method.post_update(params, batch_stats, method_state, state.step + 1, config,
                                      total_steps=total_steps)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = parallel.global_norm(grads)
   # One device-side flag, fetched with the other metrics at log intervals: a
   # non-finite gradient makes the global norm non-finite.
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -147,9 +148,44 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
 
 def compile_train_step(mesh, **static):
   """``jax.jit(jax.shard_map(train_step))`` with the state donated."""
+  specs = state_specs(static["config"], static["method"], static["tx"])
   step = functools.partial(train_step, **static, axis_name=BATCH_AXIS)
-  return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)),
-                               out_specs=(P(), P())), donate_argnums=0)
+  return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(specs, P(BATCH_AXIS)),
+                               out_specs=(specs, P())), donate_argnums=0)
+
+
+def run_mesh(config, method, devices=None):
+  """The run's mesh: one group (plain data parallelism) unless the method asks for more.
+
+  A method with params sharded over groups of devices (DeeperCluster's
+  sub-classifiers) defines ``mesh_groups(config, num_devices) -> int``.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  groups = method.mesh_groups(config, len(devices)) if hasattr(method, "mesh_groups") else 1
+  return make_mesh(devices, groups=groups)
+
+
+def state_specs(config, method, tx):
+  """PartitionSpecs of the TrainState: replicated (``P()``), except the params named
+  in the method's ``GROUP_SHARDED_PARAMS`` and their optimizer state, which are
+  split along their leading dimension over the mesh's groups (``P(GROUP_AXIS)``)."""
+  sharded = set(getattr(method, "GROUP_SHARDED_PARAMS", ()))
+  if not sharded:
+    return P()
+  shapes = jax.eval_shape(functools.partial(init_train_state, config, method, tx))
+
+  def spec(path, _):
+    names = {getattr(k, "key", getattr(k, "name", None)) for k in path}
+    return P(GROUP_AXIS) if names & sharded else P()
+
+  return jax.tree_util.tree_map_with_path(spec, shapes)
+
+
+def state_shardings(config, method, tx, mesh):
+  """``state_specs`` as NamedShardings on ``mesh`` (a pytree, or one sharding for all)."""
+  return jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s),
+                      state_specs(config, method, tx),
+                      is_leaf=lambda x: isinstance(x, P))
 
 
 def init_train_state(config, method, tx) -> TrainState:
@@ -167,10 +203,9 @@ def init_train_state(config, method, tx) -> TrainState:
 
 
 def create_train_state(config, method, tx, mesh) -> TrainState:
-  """A fresh TrainState from ``config.seed``, replicated over ``mesh``."""
-  replicated = jax.sharding.NamedSharding(mesh, P())
+  """A fresh TrainState from ``config.seed`` on ``mesh`` (see ``state_specs``)."""
   return jax.jit(functools.partial(init_train_state, config, method, tx),
-                 out_shardings=replicated)()
+                 out_shardings=state_shardings(config, method, tx, mesh))()
 
 
 # Free space the checkpoints directory needs before training starts, in
@@ -440,7 +475,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNotice) -> dict:
   method = methods.get_method(config.method)
-  mesh = make_mesh()
+  mesh = run_mesh(config, method)
   info = data.dataset_info(config.data)
   recipes = method.view_recipes(config)
   steps_per_epoch = max(1, info.train_size // config.batch_size)
@@ -507,6 +542,9 @@ def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNot
                                           step=step, steps_per_epoch=steps_per_epoch,
                                           writer=writer)
     state, metrics = step_fn(state, _put_batch(next(batches), sharding))
+    # Start each step's (tiny) metrics transfer as soon as the step finishes, so
+    # the fetch at the log interval finds them on the host and does not wait.
+    jax.tree.map(lambda x: x.copy_to_host_async(), metrics)
     pending.append(metrics)
     done = step + 1
     # A Python flag (SIGTERM) or orbax's multi-host preemption sync point.

@@ -22,6 +22,7 @@ from ssl_jax import methods
 from ssl_jax import optim
 from ssl_jax import train
 from ssl_jax.parallel import make_mesh
+from ssl_jax.parallel import BATCH_AXIS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,7 +105,7 @@ def one_step(config, devices, batch):
   step = train.compile_train_step(mesh, method=method, config=config,
                                   recipes=method.view_recipes(config), tx=tx,
                                   schedule=schedule, total_steps=total_steps)
-  state, metrics = step(state, {"image": jax.device_put(batch, NamedSharding(mesh, P("batch")))})
+  state, metrics = step(state, {"image": jax.device_put(batch, NamedSharding(mesh, P(BATCH_AXIS)))})
   return before, jax.device_get(state), jax.device_get(metrics)
 
 
@@ -145,8 +146,8 @@ def normalize_np(x: np.ndarray) -> np.ndarray:
 
 def shard_map_8(fn, mesh, num_in: int, out_replicated: bool = True):
   """jit(shard_map(fn)) with ``num_in`` batch-sharded inputs and a replicated output."""
-  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P("batch"),) * num_in,
-                               out_specs=P() if out_replicated else P("batch")))
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(BATCH_AXIS),) * num_in,
+                               out_specs=P() if out_replicated else P(BATCH_AXIS)))
 
 
 def loss_on_devices(config, devices, batch, seed=0):
@@ -163,16 +164,16 @@ def loss_on_devices(config, devices, batch, seed=0):
 
   def per_device(params, batch_stats, method_state, images):
     n = images.shape[0]
-    index = jax.lax.axis_index("batch") * n + jnp.arange(n)
+    index = jax.lax.axis_index(BATCH_AXIS) * n + jnp.arange(n)
     keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), index)
     make_views = getattr(method, "make_views", None)
     views = (make_views(keys, images, recipes, config=config) if make_views
              else augment.views(keys, images, recipes))
     loss, (_, _, metrics) = method.loss_fn(params, batch_stats, method_state, views,
-                                           jax.random.key(1), config=config, axis_name="batch")
+                                           jax.random.key(1), config=config, axis_name=BATCH_AXIS)
     return loss, metrics
 
-  fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), P("batch")),
+  fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), P(BATCH_AXIS)),
                              out_specs=(P(), P())))
   return jax.device_get(fn(params, batch_stats, method_state, batch))
 

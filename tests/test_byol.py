@@ -12,6 +12,7 @@ import pytest
 from ssl_jax.methods import byol
 from ssl_jax.methods import common
 from ssl_jax.parallel import make_mesh
+from ssl_jax.parallel import BATCH_AXIS
 
 import method_testing as mt
 
@@ -25,7 +26,7 @@ def test_symmetric_loss_matches_numpy_and_8_devices(devices):
   p_1, p_2, z_1, z_2 = (rng.normal(size=(16, 8)).astype(np.float32) for _ in range(4))
   expected = _byol_loss_np(p_1, p_2, z_1, z_2)
   np.testing.assert_allclose(byol.symmetric_loss(p_1, p_2, z_1, z_2), expected, rtol=1e-5)
-  sharded = mt.shard_map_8(lambda *a: byol.symmetric_loss(*a, axis_name="batch"),
+  sharded = mt.shard_map_8(lambda *a: byol.symmetric_loss(*a, axis_name=BATCH_AXIS),
                            make_mesh(devices), 4)
   np.testing.assert_allclose(sharded(p_1, p_2, z_1, z_2), expected, rtol=1e-5)
   # The gradient reaches only the predictions.

@@ -18,6 +18,7 @@ from ssl_jax.methods import cpc
 from ssl_jax.models import context as context_lib
 from ssl_jax.models import encoder as encoder_lib
 from ssl_jax.parallel import make_mesh
+from ssl_jax.parallel import BATCH_AXIS
 
 import method_testing
 
@@ -150,8 +151,8 @@ def test_info_nce_positives_are_the_right_image_and_position():
 def test_info_nce_8_devices_equals_1_device():
   predictions, z = _random_inputs(n=16)
   mesh = make_mesh(jax.devices())
-  fn = jax.jit(jax.shard_map(functools.partial(cpc.cpc_info_nce, axis_name="batch"), mesh=mesh,
-                             in_specs=(P("batch"), P("batch")), out_specs=(P(), P())))
+  fn = jax.jit(jax.shard_map(functools.partial(cpc.cpc_info_nce, axis_name=BATCH_AXIS), mesh=mesh,
+                             in_specs=(P(BATCH_AXIS), P(BATCH_AXIS)), out_specs=(P(), P())))
   loss, accuracy = fn(predictions, z)
   ref_loss, ref_accuracy = _reference_loss(predictions, z)
   np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)

@@ -11,6 +11,7 @@ import pytest
 from ssl_jax.methods import common
 from ssl_jax.methods import mocov2
 from ssl_jax.parallel import make_mesh
+from ssl_jax.parallel import BATCH_AXIS
 
 import method_testing as mt
 
@@ -36,8 +37,8 @@ def test_contrastive_loss_matches_numpy_and_8_devices(devices):
   expected = _info_nce_np(q, k, queue, 0.2)
   np.testing.assert_allclose(mocov2.contrastive_loss(q, k, queue, 0.2), expected, rtol=1e-5)
   sharded = jax.jit(jax.shard_map(
-      lambda q, k, queue: mocov2.contrastive_loss(q, k, queue, 0.2, axis_name="batch"),
-      mesh=make_mesh(devices), in_specs=(jax.P("batch"), jax.P("batch"), jax.P()),
+      lambda q, k, queue: mocov2.contrastive_loss(q, k, queue, 0.2, axis_name=BATCH_AXIS),
+      mesh=make_mesh(devices), in_specs=(jax.P(BATCH_AXIS), jax.P(BATCH_AXIS), jax.P()),
       out_specs=jax.P()))
   np.testing.assert_allclose(sharded(q, k, queue), expected, rtol=1e-5)
   grads = jax.grad(mocov2.contrastive_loss, argnums=(0, 1, 2))(q, k, queue, 0.2)
@@ -50,9 +51,9 @@ def test_queue_fifo_across_8_devices_matches_numpy(devices):
   mesh = make_mesh(devices)
 
   def push(queue, keys):
-    return common.queue_push(queue, common.gather_replicated(keys, "batch"))
+    return common.queue_push(queue, common.gather_replicated(keys, BATCH_AXIS))
 
-  step = jax.jit(jax.shard_map(push, mesh=mesh, in_specs=(jax.P(), jax.P("batch")),
+  step = jax.jit(jax.shard_map(push, mesh=mesh, in_specs=(jax.P(), jax.P(BATCH_AXIS)),
                                out_specs=jax.P()))
   queue = {"keys": jnp.zeros((size, dim)), "pointer": jnp.zeros((), jnp.int32),
            "filled": jnp.zeros((), jnp.int32)}

@@ -11,6 +11,7 @@ import pytest
 
 from ssl_jax.methods import mocov3
 from ssl_jax.parallel import make_mesh
+from ssl_jax.parallel import BATCH_AXIS
 
 import method_testing as mt
 
@@ -40,7 +41,7 @@ def test_contrastive_loss_matches_numpy_and_8_devices(devices, t):
             + mocov3.contrastive_loss(q_2, k_1, t, axis_name))
 
   np.testing.assert_allclose(symmetric(q_1, q_2, k_1, k_2), expected, rtol=1e-5)
-  sharded = mt.shard_map_8(lambda *a: symmetric(*a, axis_name="batch"), make_mesh(devices), 4)
+  sharded = mt.shard_map_8(lambda *a: symmetric(*a, axis_name=BATCH_AXIS), make_mesh(devices), 4)
   np.testing.assert_allclose(sharded(q_1, q_2, k_1, k_2), expected, rtol=1e-5)
   grads = jax.grad(symmetric, argnums=(0, 1, 2, 3))(q_1, q_2, k_1, k_2)
   assert np.any(grads[0] != 0) and np.all(grads[2] == 0) and np.all(grads[3] == 0)

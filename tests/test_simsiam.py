@@ -8,6 +8,7 @@ import numpy as np
 
 from ssl_jax.methods import simsiam
 from ssl_jax.parallel import make_mesh
+from ssl_jax.parallel import BATCH_AXIS
 
 import method_testing as mt
 
@@ -23,7 +24,7 @@ def test_symmetric_loss_matches_numpy_and_8_devices(devices):
   p_1, p_2, z_1, z_2 = (rng.normal(size=(16, 8)).astype(np.float32) for _ in range(4))
   expected = -0.5 * (np.mean(mt.cosine_np(p_1, z_2)) + np.mean(mt.cosine_np(p_2, z_1)))
   np.testing.assert_allclose(simsiam.symmetric_loss(p_1, p_2, z_1, z_2), expected, rtol=1e-5, atol=1e-6)
-  sharded = mt.shard_map_8(lambda *a: simsiam.symmetric_loss(*a, axis_name="batch"),
+  sharded = mt.shard_map_8(lambda *a: simsiam.symmetric_loss(*a, axis_name=BATCH_AXIS),
                            make_mesh(devices), 4)
   np.testing.assert_allclose(sharded(p_1, p_2, z_1, z_2), expected, rtol=1e-5, atol=1e-6)
   grads = jax.grad(simsiam.symmetric_loss, argnums=(0, 1, 2, 3))(p_1, p_2, z_1, z_2)

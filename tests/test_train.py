@@ -18,6 +18,7 @@ from ssl_jax import methods
 from ssl_jax import optim
 from ssl_jax import train
 from ssl_jax.parallel import make_mesh
+from ssl_jax.parallel import BATCH_AXIS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -84,7 +85,7 @@ def _one_step(config, devices, batch):
   step = train.compile_train_step(mesh, method=method, config=config,
                                   recipes=method.view_recipes(config), tx=tx, schedule=schedule,
                                   total_steps=10)
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXIS))
   state, metrics = step(state, {"image": jax.device_put(batch, sharding)})
   return jax.device_get(state.params), jax.device_get(state.batch_stats), jax.device_get(metrics)
 
