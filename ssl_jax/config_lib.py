@@ -61,7 +61,8 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       depth=50, width_multiplier=1, base_width=64, stem="imagenet", norm="batch",
-      zero_init_residual=False, dtype="float32", remat=False))
+      zero_init_residual=False, dtype="float32", remat=False,
+      input_filter="none"))  # 'sobel': DeepCluster's fixed grey-gradient input filter
   c.augment = ml_collections.ConfigDict(dict(preset="simclr", size=224))
   c.data = data.default_data_config(dataset)
   c.optim = optim.default_optim_config("lars")

@@ -65,7 +65,7 @@ import importlib
 import types
 
 _METHODS = ("simclr", "byol", "mocov2", "simsiam", "mocov3", "swav", "deepcluster",
-            "deepclusterv2", "rotnet", "jigsaw", "cpc")
+            "deepclusterv2", "rotnet", "jigsaw", "cpc", "deepercluster")
 
 
 def get_method(name: str) -> types.ModuleType:

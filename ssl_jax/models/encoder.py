@@ -18,6 +18,7 @@ from ssl_jax.models.resnet import ResNet
 
 # config.model fields that configure the patch grid, not the ResNet.
 _PATCH_FIELDS = ("patch_size", "patch_stride")
+INPUT_FILTERS = ("none", "sobel")
 
 
 def patch_grid(size: int, patch_size: int, stride: int) -> int:
@@ -73,6 +74,38 @@ class PatchEncoder(nn.Module):
     """float32 [B, D]: the patch features mean-pooled over the grid."""
     return jnp.mean(self.grid(images, train), axis=(1, 2))
 
+
+def sobel(images: jax.Array) -> jax.Array:
+  """[B, H, W, 3] -> [B, H, W, 2]: the grey level's horizontal and vertical Sobel gradients.
+
+  The fixed input filter of DeepCluster / DeeperCluster (Caron et al. 2018,
+  Sec. 4.1 "a fixed linear transformation based on Sobel filters to remove
+  color and increase local contrast"): grey = mean of the channels, then the
+  3x3 kernels [[1, 0, -1], [2, 0, -2], [1, 0, -1]] and its transpose, zero padding.
+  """
+  grey = jnp.mean(images, axis=-1, keepdims=True)
+  gx = jnp.asarray([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], images.dtype)
+  kernel = jnp.stack([gx, gx.T], axis=-1)[:, :, None, :]  # HWIO [3, 3, 1, 2]
+  return jax.lax.conv_general_dilated(grey, kernel, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class SobelInput(nn.Module):
+  """The backbone on the Sobel gradients of the input (params at this scope, as PatchEncoder)."""
+
+  backbone: nn.Module
+
+  def setup(self):
+    nn.share_scope(self, self.backbone)
+
+  @property
+  def num_features(self) -> int:
+    return self.backbone.num_features
+
+  def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+    return self.backbone(sobel(images), train=train)
+
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -87,14 +120,20 @@ def compute_dtype(model_config: ml_collections.ConfigDict):
 
 def build_encoder(model_config: ml_collections.ConfigDict, axis_name=None) -> nn.Module:
   """``ResNet(**config.model)`` with the compute dtype given by name; a
-  ``PatchEncoder`` around it when ``config.model.patch_size > 0``."""
+  ``PatchEncoder`` around it when ``config.model.patch_size > 0``; the Sobel
+  input filter first when ``config.model.input_filter == 'sobel'``."""
   kwargs = dict(model_config)
   patch = {k: kwargs.pop(k) for k in _PATCH_FIELDS if k in kwargs}
+  input_filter = kwargs.pop("input_filter", "none")
+  if input_filter not in INPUT_FILTERS:
+    raise ValueError(f"config.model.input_filter={input_filter!r}; use one of {INPUT_FILTERS}.")
   kwargs["dtype"] = compute_dtype(model_config)
-  resnet = ResNet(**kwargs, axis_name=axis_name)
+  backbone = ResNet(**kwargs, axis_name=axis_name)
   if patch.get("patch_size", 0) > 0:
-    return PatchEncoder(resnet, patch["patch_size"], patch["patch_stride"])
-  return resnet
+    backbone = PatchEncoder(backbone, patch["patch_size"], patch["patch_stride"])
+  if input_filter == "sobel":
+    backbone = SobelInput(backbone)
+  return backbone
 
 
 def encoder_variables(params, batch_stats) -> dict:
