@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import os
 
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count={os.cpu_count() or 1}")
+from ssl_jax import cpu_devices  # noqa: E402  (before JAX is imported)
+
+cpu_devices.configure()
 
 import importlib.util  # noqa: E402
 import json  # noqa: E402
-import resource  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -52,7 +51,28 @@ _MICRO = flags.DEFINE_list("microbatches", ["1"], "config.microbatches values (m
 _REMAT = flags.DEFINE_list("remat", ["false"], "config.model.remat values: true/false.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step; 0: compile "
                               "only (FLOPs and memory, no timing).")
+_DEVICES = flags.DEFINE_list("device_counts", [], "Meshes over the first n XLA devices "
+                              "(default: all). With --xla_force_host_platform_device_count=4 "
+                              "on 2 cores, '1,2,4' measures devices per core.")
 _OUT = flags.DEFINE_string("out", "", "JSON output path (default: print only).")
+
+
+def _status_mb(field: str) -> float:
+  """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak since the last reset), MB."""
+  with open("/proc/self/status", encoding="ascii") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) / 1024
+  return float("nan")
+
+
+def _reset_peak_rss() -> None:
+  """Resets VmHWM to the current RSS (Linux: 5 > /proc/self/clear_refs)."""
+  try:
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+      f.write("5")
+  except OSError:
+    pass
 
 
 def load_config(method: str, variant: str):
@@ -88,6 +108,7 @@ def bench_one(method_name, depth, batch_size, microbatches, remat, mesh, ceiling
   config.batch_size = batch_size
   method = methods.get_method(method_name)
   config.optim.warmup_epochs = 0.0
+  rss_before = _status_mb("VmRSS")
   tx, schedule = optim.make_optimizer(config.optim, total_steps=1000, steps_per_epoch=100,
                                       batch_size=batch_size)
   state = train.create_train_state(config, method, tx, mesh)
@@ -104,6 +125,8 @@ def bench_one(method_name, depth, batch_size, microbatches, remat, mesh, ceiling
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
+  # The compiler's own (transient) memory is not the step's: the peak counts from here.
+  _reset_peak_rss()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # cost_analysis of a shard_map program is per device: scale to all devices.
@@ -131,7 +154,7 @@ def bench_one(method_name, depth, batch_size, microbatches, remat, mesh, ceiling
   similarity_flops = 0.0
   if "simclr" in config:
     similarity_flops = 3 * 2 * (2 * batch_size) ** 2 * config.simclr.projection_dim
-  return {
+  row = {
       "similarity_share": similarity_flops / flops if flops else float("nan"),
       "method": method_name, "depth": depth, "base_width": _WIDTH.value,
       "batch": batch_size, "microbatches": microbatches, "remat": remat, "image": size,
@@ -141,22 +164,31 @@ def bench_one(method_name, depth, batch_size, microbatches, remat, mesh, ceiling
       "mfu": flops / step_s / ceiling if flops else float("nan"),
       "xla_memory_mb": xla_bytes / 2 ** 20 if xla_bytes is not None else float("nan"),
       "xla_temp_mb": temp_bytes / 2 ** 20 if temp_bytes is not None else float("nan"),
-      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      # Host memory this configuration added at its peak (state, batch, compiled
+      # program, step buffers: on a CPU, device memory is host memory), to set
+      # against XLA's accounting of the step.
+      "peak_rss_mb": _status_mb("VmHWM") - rss_before,
   }
+  row["rss_over_xla"] = row["peak_rss_mb"] / row["xla_memory_mb"]
+  return row
 
 
 def main(argv):
   del argv
-  mesh = make_mesh()
-  ceiling = matmul_ceiling(mesh)
-  rows = [bench_one(m, int(d), int(b), int(mb), r.lower() in ("true", "1"), mesh, ceiling)
-          for m in _METHODS.value for d in _DEPTHS.value for b in _BATCHES.value
-          for mb in _MICRO.value for r in _REMAT.value]
-  print(f"\n{mesh.size} x {jax.devices()[0].platform} devices; matmul ceiling "
-        f"{ceiling / 1e9:.1f} GFLOP/s (float32, measured in this run)\n")
-  cols = ["method", "depth", "base_width", "batch", "microbatches", "remat", "image",
+  # The ceiling is the whole machine's (every device): MFU at any device count
+  # is the share of the same hardware's matmul throughput.
+  ceiling = matmul_ceiling(make_mesh())
+  counts = [int(n) for n in _DEVICES.value] or [jax.device_count()]
+  rows = [bench_one(m, int(d), int(b), int(mb), r.lower() in ("true", "1"),
+                    make_mesh(jax.devices()[:n]), ceiling)
+          for n in counts for m in _METHODS.value for d in _DEPTHS.value
+          for b in _BATCHES.value for mb in _MICRO.value for r in _REMAT.value]
+  print(f"\n{jax.device_count()} x {jax.devices()[0].platform} devices on {os.cpu_count()} "
+        f"cores; matmul ceiling {ceiling / 1e9:.1f} GFLOP/s (float32, all devices, measured "
+        "in this run)\n")
+  cols = ["method", "devices", "depth", "base_width", "batch", "microbatches", "remat", "image",
           "images_per_sec", "ms_per_step", "compile_s", "gflops_per_step", "similarity_share", "mfu", "xla_memory_mb",
-          "xla_temp_mb", "peak_rss_mb"]
+          "xla_temp_mb", "peak_rss_mb", "rss_over_xla"]
   print("| " + " | ".join(cols) + " |")
   print("|" + "---|" * len(cols))
   for r in rows:
