@@ -36,6 +36,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ssl_jax import files
+
 CHECKPOINT_DIR = "checkpoints"
 QUARANTINE_DIR = "checkpoints_quarantine"
 CHECKSUMS = "checksums"
@@ -54,11 +56,11 @@ class CheckpointSaveError(RuntimeError):
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  return files.join(files.absolute(workdir), CHECKPOINT_DIR)
 
 
 def quarantine_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), QUARANTINE_DIR)
+  return files.join(files.absolute(workdir), QUARANTINE_DIR)
 
 
 def make_manager(workdir: str, *, max_to_keep: int,
@@ -222,7 +224,14 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
 
 def quarantine(manager: ocp.CheckpointManager, step: int, reason: str) -> str:
   """Moves checkpoint ``step`` to ``<workdir>/checkpoints_quarantine/`` (never deletes it)."""
-  source = os.path.join(str(manager.directory), str(step))
+  source = files.join(str(manager.directory), str(step))
+  if files.is_url(source):
+    # Object stores cannot rename a directory; never delete a checkpoint.
+    raise RuntimeError(
+        f"Checkpoint {source} is damaged ({reason}). Move it out of the checkpoints "
+        f"directory (e.g. gsutil -m mv {source} "
+        f"{os.path.join(os.path.dirname(str(manager.directory)), QUARANTINE_DIR)}/) "
+        "and rerun to resume from the previous one.")
   target_dir = os.path.join(os.path.dirname(str(manager.directory)), QUARANTINE_DIR)
   os.makedirs(target_dir, exist_ok=True)
   target = os.path.join(target_dir, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
@@ -265,14 +274,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any):
 
 def _resolve(path: str) -> tuple[str, list[int]]:
   """(checkpoints directory, steps newest first) for a workdir, checkpoints dir or step dir."""
-  path = os.path.abspath(path)
+  path = files.absolute(path).rstrip("/")
   for candidate in (checkpoint_dir(path), path):
-    if os.path.isdir(candidate):
+    if files.is_dir(candidate):
       steps = ocp.utils.checkpoint_steps(candidate)
       if steps:
         return candidate, sorted(steps, reverse=True)
-  parent, name = os.path.split(path.rstrip("/"))
-  if name.isdigit() and os.path.isdir(path):
+  parent, name = path.rsplit("/", 1)
+  if name.isdigit() and files.is_dir(path):
     return parent, [int(name)]
   raise FileNotFoundError(
       f"No ssl_jax checkpoint found at {path!r}. Pass a training workdir (it holds "

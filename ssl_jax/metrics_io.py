@@ -8,12 +8,13 @@ per logged step (``step``, ``loss``, ``learning_rate``, ``images_per_sec``,
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import logging
 from clu import metric_writers
 import tqdm
+
+from ssl_jax import files
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
@@ -29,38 +30,32 @@ class MetricsWriter:
   def __init__(self, workdir: str, *, enabled: bool = True):
     self.workdir = workdir
     self.enabled = enabled
+    self._path = files.join(workdir, METRICS_FILE)
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
+      files.makedirs(workdir)
       self._tb = metric_writers.create_default_writer(workdir, just_logging=False,
                                                       asynchronous=True)
-      self._file = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
 
   def write_config(self, config) -> None:
     if self.enabled:
-      with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
+      files.write_text(files.join(self.workdir, "config.json"),
+                       config.to_json_best_effort(indent=2))
 
   def drop_after(self, step: int) -> None:
     """Removes records of steps after ``step`` (a resumed run logs them again)."""
     if not self.enabled:
       return
-    path = os.path.join(self.workdir, METRICS_FILE)
     records = read_metrics(self.workdir)
     kept = [r for r in records if r.get("step", 0) <= step]
     if len(kept) == len(records):
       return
-    self._file.close()
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(path + ".tmp", path)
-    self._file = open(path, "a", encoding="utf-8")
+    files.write_text(self._path, "".join(json.dumps(r) + "\n" for r in kept))
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    files.append_text(self._path, json.dumps(record) + "\n")
     self._tb.write_scalars(int(step), {k: float(v) for k, v in scalars.items()})
     logging.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
 
@@ -69,17 +64,15 @@ class MetricsWriter:
       return
     self._tb.flush()
     self._tb.close()
-    self._file.close()
     if plot:
       plot_curves(self.workdir)
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = files.join(workdir, METRICS_FILE)
+  if not files.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
 def plot_curves(workdir: str) -> str | None:
@@ -108,8 +101,8 @@ def plot_curves(workdir: str) -> str | None:
     ax.set_title(key)
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  path = os.path.join(workdir, PLOT_FILE)
-  fig.savefig(path, dpi=100)
+  path = files.join(workdir, PLOT_FILE)
+  files.save_figure(fig, path)
   plt.close(fig)
   return path
 

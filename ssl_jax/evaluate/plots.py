@@ -8,9 +8,10 @@ PCA to 2-D (cheap; what the trainer writes at the end of a run), or PCA to
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
+
+from ssl_jax import files
 
 FEATURE_MAP_FILE = "feature_map.png"
 # Points drawn: enough to see the clusters, few enough for t-SNE in seconds on a CPU.
@@ -63,8 +64,7 @@ def feature_map(features: np.ndarray, labels: np.ndarray, path: str, *, method: 
   ax.set_xticks([])
   ax.set_yticks([])
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  files.save_figure(fig, path)
   plt.close(fig)
   return path
 
@@ -81,7 +81,7 @@ def write_feature_map(workdir: str, config, params, batch_stats, mesh, *, method
   title = (f"{config.get('method', '')} on {data_config.name} "
            f"{data_config.eval_test_split}" + (f", step {step}" if step is not None else "") +
            f" ({method.upper()})")
-  return feature_map(feats, labels, os.path.join(workdir, FEATURE_MAP_FILE), method=method,
+  return feature_map(feats, labels, files.join(workdir, FEATURE_MAP_FILE), method=method,
                      title=title, seed=int(config.get("seed", 0)))
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 
 import jax
+
+from ssl_jax import files
 
 EVAL_DIR = "eval"
 RESULTS_MD = "results.md"
@@ -53,23 +54,17 @@ def write_result(workdir: str, record: dict) -> str:
   """
   record = dict(record, date=datetime.datetime.now(datetime.timezone.utc).strftime(
       "%Y-%m-%d %H:%M UTC"))
-  directory = os.path.join(workdir, EVAL_DIR)
-  path = os.path.join(directory, f"{_slug(record['protocol'])}_{_slug(record['dataset'])}.json")
+  directory = files.join(workdir, EVAL_DIR)
+  path = files.join(directory, f"{_slug(record['protocol'])}_{_slug(record['dataset'])}.json")
   if jax.process_index() != 0:
     return path
-  os.makedirs(directory, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=2, default=_fmt)
-  md = os.path.join(directory, RESULTS_MD)
-  new = not os.path.exists(md)
-  with open(md, "a", encoding="utf-8") as f:
-    if new:
-      f.write(_HEADER)
-    f.write(markdown_row(record))
+  files.makedirs(directory)
+  files.write_text(path, json.dumps(record, indent=2, default=_fmt))
+  md = files.join(directory, RESULTS_MD)
+  files.append_text(md, ("" if files.exists(md) else _HEADER) + markdown_row(record))
   return path
 
 
 def read_result(workdir: str, protocol: str, dataset: str) -> dict:
-  path = os.path.join(workdir, EVAL_DIR, f"{_slug(protocol)}_{_slug(dataset)}.json")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(files.read_text(
+      files.join(workdir, EVAL_DIR, f"{_slug(protocol)}_{_slug(dataset)}.json")))
