@@ -59,6 +59,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch (0: the config's)."
 _WIDTH = flags.DEFINE_integer("base_width", 0, "ResNet base width (0: the config's).")
 _OUT = flags.DEFINE_string("out", "/tmp/ssl_jax_reproduce", "Workdirs and results go here.")
 _DRY = flags.DEFINE_boolean("dry_run", False, "Print the plan and exit.")
+_BASELINE = flags.DEFINE_boolean(
+    "random_init", True, "Also evaluate a randomly initialised encoder (the 'random init' "
+    "row: SimCLR's config, no pre-training), the floor every method must clear.")
 
 
 def available_methods() -> list[str]:
@@ -130,6 +133,23 @@ def fit_schedule_to_budget(config, budget_epochs: float) -> None:
     config.byol.tau_base = min(config.byol.tau_base, 0.99)
 
 
+def save_random_init(config, workdir: str) -> None:
+  """A step-0 checkpoint of ``config``'s freshly initialised state, for the protocols."""
+  from ssl_jax import checkpoint, methods, optim, train  # pylint: disable=g-import-not-at-top
+  method = methods.get_method(config.method)
+  tx, _ = optim.make_optimizer(config.optim, total_steps=config.total_steps,
+                               steps_per_epoch=config.total_steps,
+                               batch_size=config.batch_size)
+  state = train.create_train_state(config, method, tx, train.run_mesh(config, method))
+  manager = checkpoint.make_manager(workdir, max_to_keep=1)
+  checkpoint.save(manager, 0, state, train._meta(config, 0))  # pylint: disable=protected-access
+  checkpoint.wait_until_finished(manager)
+
+
+def _config_name(method: str) -> str:
+  return "simclr" if method == "random init" else method
+
+
 def describe(config) -> str:
   m = config.model
   return (f"ResNet-{m.depth} width {m.base_width}, {config.augment.size}px, batch "
@@ -163,7 +183,7 @@ def table(rows: list[dict], seeds: int) -> str:
 
 def main(argv):
   del argv
-  methods = _METHODS.value or available_methods()
+  methods = available_methods() if _METHODS.value is None else _METHODS.value
   seeds = [int(s) for s in _SEEDS.value]
   datasets = _DATASETS.value
   import jax  # pylint: disable=g-import-not-at-top
@@ -171,6 +191,10 @@ def main(argv):
               f"{jax.device_count()} XLA {jax.devices()[0].platform} devices")
   plan = []
   for dataset in datasets:
+    if _BASELINE.value:
+      for seed in seeds:
+        plan.append(("random init", dataset, seed,
+                     os.path.join(_OUT.value, f"random_init_{dataset}_s{seed}")))
     for method in methods:
       for seed in seeds:
         workdir = os.path.join(_OUT.value, f"{method}_{dataset}_s{seed}")
@@ -180,7 +204,7 @@ def main(argv):
         f"{hardware}")
   for method, dataset, seed, workdir in plan:
     budget = "(cifar10 folder needed)" if dataset == "cifar10" and not _CIFAR10.value else \
-        describe(run_config(method, dataset, seed))
+        describe(run_config(_config_name(method), dataset, seed))
     print(f"- {method} on {dataset}, seed {seed}: {budget} -> {workdir}; then knn + linear")
   if _DRY.value:
     return
@@ -190,9 +214,14 @@ def main(argv):
   start = time.perf_counter()
   grouped: dict[tuple[str, str], dict] = {}
   for method, dataset, seed, workdir in plan:
-    config = run_config(method, dataset, seed)
+    config = run_config(_config_name(method), dataset, seed)
     t0 = time.perf_counter()
-    train.train_and_evaluate(config, workdir)
+    if method == "random init":
+      save_random_init(config, workdir)
+    elif train.train_and_evaluate(config, workdir)["preempted"]:
+      # SIGTERM: the run saved a checkpoint; rerunning the same command resumes it.
+      print(f"Preempted during {method} on {dataset}, seed {seed}; rerun to resume.")
+      return
     train_s = time.perf_counter() - t0
     eval_config = evaluate.default_config()
     eval_config.seed = seed
@@ -200,7 +229,8 @@ def main(argv):
     knn = evaluate.knn_protocol(workdir, eval_config)["metrics"]
     lin = evaluate.linear_protocol(workdir, eval_config)["metrics"]
     row = grouped.setdefault((method, dataset), {
-        "method": method, "dataset": dataset, "budget": describe(config), "knn20": [],
+        "method": method, "dataset": dataset, "knn20": [],
+        "budget": describe(config) if method != "random init" else "no pre-training",
         "knn200": [], "linear1": [], "linear5": [], "train_s": []})
     row["knn20"].append(knn["top1_k20"])
     row["knn200"].append(knn["top1_k200"])
