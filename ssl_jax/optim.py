@@ -82,14 +82,14 @@ _COMMON_FIELDS = (
     "decay_factor",
 )
 _SPECIFIC_FIELDS = {
-    "lars": ("momentum", "trust_coefficient"),
+    "lars": ("momentum", "trust_coefficient", "clip_trust_ratio"),
     "sgd": ("momentum", "nesterov"),
     "adamw": ("b1", "b2", "eps"),
     "lamb": ("b1", "b2", "eps"),
 }
 _OPTIONAL = {"end_learning_rate": 0.0, "grad_clip_norm": None, "fixed_lr_params": (),
              "frozen_params": "", "frozen_epochs": 0.0, "schedule": "warmup_cosine",
-             "decay_fractions": (), "decay_factor": 0.1}
+             "decay_fractions": (), "decay_factor": 0.1, "clip_trust_ratio": False}
 # 'warmup_cosine': SimCLR/BYOL. 'step': piecewise-constant decay (RotNet's LUT_lr,
 # the classic ImageNet recipe), multiplied by decay_factor at each decay_fractions
 # entry (fractions of the run, so the schedule scales with total_steps).
@@ -402,6 +402,9 @@ def default_optim_config(name: str = "lars") -> ml_collections.ConfigDict:
     config.weight_decay = 1e-6  # SimCLR: weight decay 1e-6.
     config.momentum = 0.9
     config.trust_coefficient = 1e-3  # LARS eta (SimCLR EETA_DEFAULT, BYOL).
+    # True: LARC's clipped trust ratio, a layer's step <= the global lr's
+    # (scale_by_clipped_trust_ratio; solo-learn's CIFAR recipes, SwAV's LARC).
+    config.clip_trust_ratio = False
   elif name == "sgd":
     config.base_learning_rate = 0.05  # SimSiam: lr = 0.05 x BatchSize / 256.
     config.lr_scaling = "linear"
@@ -595,10 +598,59 @@ def make_optimizer(
   return tx, schedule
 
 
+class ClippedTrustRatioState(NamedTuple):
+  count: jax.Array
+
+
+def scale_by_clipped_trust_ratio(trust_coefficient: float, learning_rate
+                                 ) -> optax.GradientTransformation:
+  """LARC's clipped trust ratio (NVIDIA apex ``LARC(clip=True)``; solo-learn's
+  ``clip_lr``): each leaf's update g' is scaled by ``min(trust, lr_t) / lr_t`` with
+  ``trust = eta ||w|| / ||g'||`` (1 if either norm is 0).
+
+  Followed by ``scale_by_learning_rate(lr_t)``, the step of a leaf is
+  ``min(eta ||w|| / ||g'||, lr_t) g'``: the trust ratio never makes a layer's
+  step larger than the global learning rate's (plain LARS has no such cap).
+
+  Args:
+    trust_coefficient: eta.
+    learning_rate: the schedule (or constant) applied after this transform.
+  """
+
+  def init_fn(params):
+    del params
+    return ClippedTrustRatioState(count=jnp.zeros((), jnp.int32))
+
+  def update_fn(updates, state, params):
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    lr = jnp.asarray(lr, jnp.float32)
+
+    def scale(u, w):
+      w_norm, u_norm = jnp.linalg.norm(w), jnp.linalg.norm(u)
+      trust = jnp.where((w_norm > 0) & (u_norm > 0),
+                        trust_coefficient * w_norm / jnp.where(u_norm > 0, u_norm, 1.0), 1.0)
+      factor = jnp.where(lr > 0, jnp.minimum(trust, lr) / jnp.where(lr > 0, lr, 1.0), trust)
+      return (u * factor).astype(u.dtype)
+
+    updates = jax.tree.map(scale, updates, params)
+    return updates, ClippedTrustRatioState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def _base_optimizer(name: str, config: dict[str, Any], learning_rate, weight_decay: float
                     ) -> optax.GradientTransformation:
   """The named optimizer with ``learning_rate`` (a schedule or a constant)."""
-  if name == "lars":
+  if name == "lars" and config["clip_trust_ratio"]:
+    momentum = _check_number(config, "momentum", 0.0, 1.0)
+    eta = _check_number(config, "trust_coefficient", 0.0, low_inclusive=False)
+    tx = optax.chain(  # optax.lars's chain with the clipped (LARC) trust ratio
+        optax.add_decayed_weights(weight_decay, mask=decay_mask),
+        optax.masked(scale_by_clipped_trust_ratio(eta, learning_rate), decay_mask),
+        optax.scale_by_learning_rate(learning_rate),
+        optax.trace(decay=momentum),
+    )
+  elif name == "lars":
     momentum = _check_number(config, "momentum", 0.0, 1.0)
     eta = _check_number(config, "trust_coefficient", 0.0, low_inclusive=False)
     tx = optax.lars(

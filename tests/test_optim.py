@@ -178,14 +178,15 @@ def test_decay_mask_names_and_structure_only():
 
 
 def _np_lars(params, grads_per_step, lrs, wd, eta, momentum, *, lr_inside_momentum=True,
-             paper_denominator=False):
+             paper_denominator=False, clip=False):
   """LARS, You et al. 2017, Algorithm 1, per array ("layer"), in float64.
 
   Masked (decayed) leaves: g' = g + wd * w, trust = eta * ||w|| / ||g'|| (1 if
   either norm is 0), v = m * v + lr_t * trust * g', w -= v. Other leaves: plain
   momentum SGD, v = m * v + lr_t * g. ``lr_inside_momentum=False`` is BYOL's
   variant (v = m * v + trust * g', w -= lr_t * v); ``paper_denominator`` uses
-  eq. (6)'s ||g|| + wd * ||w|| instead of ||g + wd * w||.
+  eq. (6)'s ||g|| + wd * ||w|| instead of ||g + wd * w||. ``clip``: LARC's
+  clipped ratio (apex LARC(clip=True)), trust -> min(trust / lr_t, 1).
   """
   w = {k: v.copy() for k, v in params.items()}
   vel = {k: np.zeros_like(v) for k, v in params.items()}
@@ -199,6 +200,8 @@ def _np_lars(params, grads_per_step, lrs, wd, eta, momentum, *, lr_inside_moment
         w_norm = np.linalg.norm(w[k])
         denom = (np.linalg.norm(g) + wd * w_norm) if paper_denominator else np.linalg.norm(g_dec)
         trust = eta * w_norm / denom if (w_norm > 0 and denom > 0) else 1.0
+        if clip:
+          trust = min(trust / lr, 1.0)
         direction = trust * g_dec
       else:
         direction = g
@@ -259,6 +262,27 @@ def test_lars_multi_step_follows_algorithm_1():
   _, eq6_updates = _np_lars(params, grads, lrs, wd, eta, momentum, paper_denominator=True)
   assert not np.allclose(got_updates[-1][k], byol_updates[-1][k], rtol=1e-3)
   assert not np.allclose(got_updates[-1][k], eq6_updates[-1][k], rtol=1e-3)
+
+
+def test_lars_clipped_trust_ratio_matches_larc():
+  """clip_trust_ratio: a layer's step is capped at the global lr's (LARC, solo-learn clip_lr)."""
+  wd, eta, momentum = 1e-5, 0.02, 0.9
+  config = _config("lars", weight_decay=wd, trust_coefficient=eta, momentum=momentum,
+                   warmup_epochs=2.0, clip_trust_ratio=True)
+  total = 8
+  tx, _ = optim.make_optimizer(config, total_steps=total, steps_per_epoch=1, batch_size=256)
+  lrs = [_np_schedule(t, 0.3, total, 2, 0.0) for t in range(1, 5)]
+  params = _random_flat(2)
+  grads = [_random_flat(10 + t) for t in range(5)]
+  # From step 1 (step 0's lr is 0 in warm-up: no update, no division).
+  got_w, got_updates = _run(tx, params, grads)
+  want_w, want_updates = _np_lars(params, grads[1:], lrs, wd, eta, momentum, clip=True)
+  for got_u, want_u in zip(got_updates[1:], want_updates):
+    _assert_flat_close(got_u, want_u)
+  # Clipping binds somewhere (the zero-initialised head has trust 1 > lr) and not everywhere.
+  _, plain = _np_lars(params, grads[1:], lrs, wd, eta, momentum)
+  differs = [not np.allclose(got_updates[1][k], plain[0][k], rtol=1e-3) for k in plain[0]]
+  assert any(differs) and not all(differs)
 
 
 # ----------------------------------------------------------------------------- schedule & lr
