@@ -59,6 +59,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch (0: the config's)."
 _WIDTH = flags.DEFINE_integer("base_width", 0, "ResNet base width (0: the config's).")
 _OUT = flags.DEFINE_string("out", "/tmp/ssl_jax_reproduce", "Workdirs and results go here.")
 _DRY = flags.DEFINE_boolean("dry_run", False, "Print the plan and exit.")
+_PROTOCOLS = flags.DEFINE_list(
+    "protocols", ["knn", "linear"], "Evaluation protocols per run: knn (seconds) and/or "
+    "linear (L-BFGS; minutes per run on 2 CPU cores for CIFAR-10's 50,000 features).")
 _BASELINE = flags.DEFINE_boolean(
     "random_init", True, "Also evaluate a randomly initialised encoder (the 'random init' "
     "row: SimCLR's config, no pre-training), the floor every method must clear.")
@@ -226,8 +229,12 @@ def main(argv):
     eval_config = evaluate.default_config()
     eval_config.seed = seed
     eval_config.linear.solver = "lbfgs"
-    knn = evaluate.knn_protocol(workdir, eval_config)["metrics"]
-    lin = evaluate.linear_protocol(workdir, eval_config)["metrics"]
+    nan = {"top1_k20": float("nan"), "top1_k200": float("nan"), "top1": float("nan"),
+           "top5": float("nan")}
+    knn = (evaluate.knn_protocol(workdir, eval_config)["metrics"]
+           if "knn" in _PROTOCOLS.value else nan)
+    lin = (evaluate.linear_protocol(workdir, eval_config)["metrics"]
+           if "linear" in _PROTOCOLS.value else nan)
     row = grouped.setdefault((method, dataset), {
         "method": method, "dataset": dataset, "knn20": [],
         "budget": describe(config) if method != "random init" else "no pre-training",
