@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from ssl_jax import data
 from ssl_jax import methods
 from ssl_jax import optim
 from ssl_jax import train
@@ -216,3 +217,25 @@ def test_config_variant_typo_is_rejected():
 def test_bad_batch_size_fails_before_compute(data_dir, tmp_path):
   with pytest.raises(ValueError, match="multiple of the 8 devices"):
     train.train_and_evaluate(tiny_config(data_dir, batch_size=12), str(tmp_path))
+
+
+@pytest.mark.parametrize("variant,shape,size", [("cifar10", (32, 32, 3), 50_000),
+                                                 ("digits", (32, 32, 3), 4_000),
+                                                 ("stl10", (96, 96, 3), 105_000)])
+def test_every_method_config_fits_its_dataset(variant, shape, size):
+  """Each method's dataset variant passes the data checks (view sizes, schedule) before
+  anything runs, e.g. no view larger than the stored images (Jigsaw's 36-px CIFAR view did)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  for name in methods._METHODS:  # pylint: disable=protected-access
+    spec = importlib.util.spec_from_file_location(
+        f"config_{name}", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
+                                       f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(variant)
+    info = data.DatasetInfo(name=config.data.name, num_classes=10, train_size=size,
+                            eval_train_size=size, eval_test_size=1000, image_shape=shape)
+    per_epoch = size // config.batch_size
+    train.validate_config(config)
+    train.validate_config_for_data(config, info, methods.get_method(name).view_recipes(config),
+                                   int(config.total_epochs * per_epoch), per_epoch)
