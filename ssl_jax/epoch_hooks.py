@@ -127,6 +127,9 @@ def run_epoch_start(method, state, *, config, mesh, tx, step: int, steps_per_epo
                     writer=None):
   """Calls ``method.epoch_start`` for the epoch starting at ``step``; logs its seconds."""
   epoch = step // steps_per_epoch
+  # The steps dispatched before the hook are still running: wait for them so
+  # the logged time is the hook's own (the loop would wait for them anyway).
+  jax.block_until_ready(state)
   start = time.perf_counter()
   context = EpochContext(epoch=epoch, steps_per_epoch=steps_per_epoch, config=config,
                          mesh=mesh, tx=tx)
