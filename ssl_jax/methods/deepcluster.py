@@ -124,7 +124,7 @@ def post_update(params, batch_stats, method_state, step, config, *, total_steps)
   return method_state
 
 
-def _features(config, state, images):
+def centre_features(config, state, images):
   """Per-device pooled encoder features of the centre views (eval-mode BN)."""
   x = augment.center_view(images, config.augment.size)
   return encoder_lib.encode(config.model, state.params, state.batch_stats, x).astype(
@@ -158,7 +158,7 @@ def epoch_start(state, context):
   config, mesh = context.config, context.mesh
   cfg = config.deepcluster
   num_examples = state.method_state["pseudo_labels"].shape[0]
-  out = context.map_train_split(functools.partial(_features, config), state,
+  out = context.map_train_split(functools.partial(centre_features, config), state,
                                 name="deepcluster.features")
   rng = jax.random.wrap_key_data(state.rng)
   key = jax.random.fold_in(jax.random.fold_in(rng, 104729), context.epoch)

@@ -66,6 +66,7 @@ from ssl_jax import data
 from ssl_jax import diagnostics
 from ssl_jax import epoch_hooks
 from ssl_jax import kmeans
+from ssl_jax.methods import deepcluster
 from ssl_jax.methods import rotnet
 from ssl_jax.models import encoder as encoder_lib
 from ssl_jax.models import resnet
@@ -267,12 +268,6 @@ def post_update(params, batch_stats, method_state, step, config, *, total_steps)
   return method_state
 
 
-def _features(config, state, images):
-  x = augment.center_view(images, config.augment.size)
-  return encoder_lib.encode(config.model, state.params, state.batch_stats, x).astype(
-      jnp.float32)
-
-
 def owned_super_clusters(config, groups: int) -> list[range]:
   """For each group, the super-clusters whose sub-classes it clusters (static).
 
@@ -390,7 +385,7 @@ def epoch_start(state, context):
     return state
   num_examples = state.method_state["super_labels"].shape[0]
   groups = mesh.shape[GROUP_AXIS]
-  out = context.map_train_split(functools.partial(_features, config), state,
+  out = context.map_train_split(functools.partial(deepcluster.centre_features, config), state,
                                 name="deepercluster.features")
   rng = jax.random.wrap_key_data(state.rng)
   key = jax.random.fold_in(jax.random.fold_in(rng, 130363), context.epoch)
