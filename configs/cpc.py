@@ -23,7 +23,12 @@ def get_config(arg=None):
   c = config_lib.base_config(dataset)
   c.method = "cpc"
   c.cpc = dict(
-      prediction_steps=5,         # van den Oord et al. 2018 Sec. 3.3: up to 5 rows below (7x7 grid)
+      # Hénaff et al. 2019 Appendix A.2 (steps_to_ignore=2, steps_to_predict=3):
+      # predict only the row 3 below; rows 1 and 2 below overlap the context's
+      # patches or touch them (van den Oord et al. 2018 predicted k = 1..5).
+      prediction_offsets=(3,),
+      target_dim=64,              # Appendix A.2: targets are a 1x1 projection of z to 64-d
+      embedding_scale=0.1,        # Appendix A.2: emb_scale, multiplies the predictions
       context_width=1024,         # ours (CPC v2's context network is a wide ResNet)
       context_bottleneck=256,
       context_blocks=5,           # ours; CPC v2 uses a deeper PixelCNN-style stack
@@ -60,14 +65,13 @@ def get_config(arg=None):
 
   if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
     # Ours for 32-px images, proportional to the paper: 8-px patches, stride 4
-    # (50% overlap) -> the same 7x7 grid; ResNet-18 with the CIFAR stem; a
-    # smaller context network; 3 prediction steps; Adam 1e-3.
+    # (50% overlap) -> the same 7x7 grid, so the same offsets; ResNet-18 with
+    # the CIFAR stem; a smaller context network; Adam 1e-3.
     c.model.patch_size = 8
     c.model.patch_stride = 4
     c.model.stem = "cifar"
     c.model.depth = 18
     c.augment.size = 32
-    c.cpc.prediction_steps = 3
     c.cpc.context_width = 256
     c.cpc.context_bottleneck = 64
     c.cpc.context_blocks = 3

@@ -70,7 +70,8 @@ def test_bidirectional_predictions_never_see_their_target_rows():
   def context():
     return context_lib.ContextNetwork(width=8, bottleneck=4, num_blocks=2, output_dim=6)
   model = cpc.CPCModel(encoder=None, context_down=context(), context_up=context(),
-                       prediction_steps=2, encoder_dim=3)
+                       prediction_offsets=(1, 2), target_dim=3,
+                       embedding_scale=0.1)
   z = jax.random.normal(jax.random.key(0), (2, 7, 5, 3))
   params = model.init(jax.random.key(1), z, method=cpc.CPCModel.predict)
 
@@ -97,13 +98,13 @@ def test_bidirectional_predictions_never_see_their_target_rows():
     assert r + k + 1 >= 7 or rows[r + k + 1] > 0.0, (k, r, rows)  # the rows below (bottom-up)
 
 
-def _reference_loss(predictions, z):
+def _reference_loss(predictions, z, offsets=None):
   """CPC InfoNCE in float64, loops over queries (independent of the code under test)."""
   z = np.asarray(z, np.float64)
   n, rows, cols, dim = z.shape
   keys = z.reshape(-1, dim)
   per_k, acc_k = [], []
-  for k, pred in enumerate(predictions, start=1):
+  for k, pred in zip(offsets or range(1, len(predictions) + 1), predictions):
     pred = np.asarray(pred, np.float64)
     losses, hits = [], []
     for b in range(n):
@@ -119,11 +120,11 @@ def _reference_loss(predictions, z):
   return np.mean(per_k), np.mean(acc_k)
 
 
-def _random_inputs(n=8, rows=5, cols=4, dim=6, steps=3, seed=0):
+def _random_inputs(n=8, rows=5, cols=4, dim=6, offsets=(1, 2, 3), seed=0):
   rng = np.random.default_rng(seed)
   z = rng.normal(size=(n, rows, cols, dim)).astype(np.float32)
   predictions = [rng.normal(size=(n, rows - k, cols, dim)).astype(np.float32)
-                 for k in range(1, steps + 1)]
+                 for k in offsets]
   return predictions, z
 
 
@@ -133,6 +134,35 @@ def test_info_nce_matches_numpy_float64():
   ref_loss, ref_accuracy = _reference_loss(predictions, z)
   np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
   np.testing.assert_allclose(float(accuracy), ref_accuracy, rtol=1e-6)
+  # Only some offsets (Hénaff et al. Appendix A.2 predicts k = 3 alone).
+  predictions, z = _random_inputs(offsets=(2, 4), seed=1)
+  loss, accuracy = cpc.cpc_info_nce(predictions, z, offsets=(2, 4))
+  ref_loss, ref_accuracy = _reference_loss(predictions, z, offsets=(2, 4))
+  np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+  np.testing.assert_allclose(float(accuracy), ref_accuracy, rtol=1e-6)
+  with pytest.raises(ValueError, match="offsets"):
+    cpc.cpc_info_nce(predictions, z, offsets=(2,))
+
+
+def test_targets_are_projected_and_predictions_scaled_as_appendix_a2():
+  """t = W_t z (64-d in the paper), prediction = s W_k c with s = emb_scale."""
+  def model(scale):
+    context = context_lib.ContextNetwork(width=8, bottleneck=4, num_blocks=1, output_dim=6)
+    return cpc.CPCModel(encoder=None, context_down=context, context_up=None,
+                        prediction_offsets=(1, 3), target_dim=5, embedding_scale=scale)
+  z = jax.random.normal(jax.random.key(0), (2, 5, 4, 3))
+  params = model(0.1).init(jax.random.key(1), z,
+                           method=lambda m, z: (m.target_projection(z), m.predict(z)))
+  assert params["params"]["target_projection"]["kernel"].shape == (3, 5)
+  scaled = model(0.1).apply(params, z, method=cpc.CPCModel.predict)
+  unscaled = model(1.0).apply(params, z, method=cpc.CPCModel.predict)
+  assert [p.shape for p in scaled] == [(2, 4, 4, 5), (2, 2, 4, 5)]
+  for a, b in zip(scaled, unscaled):
+    np.testing.assert_allclose(np.asarray(a), 0.1 * np.asarray(b), rtol=1e-6)
+  # The tiny config's 16-px view gives a 3-row grid: offset 3 has no target row.
+  config = method_testing.method_config("cpc", "unused", **{"cpc.prediction_offsets": (3,)})
+  with pytest.raises(ValueError, match="prediction_offsets"):
+    cpc.init(jax.random.key(0), config, None)
 
 
 def test_info_nce_positives_are_the_right_image_and_position():
@@ -166,7 +196,7 @@ def test_info_nce_8_devices_equals_1_device():
 def test_smoke_run_with_knn_on_pooled_patch_features(data_dir, tmp_path):
   config = method_testing.method_config(
       "cpc", data_dir, total_steps=12, log_every_steps=4, batch_size=16,
-      **{"cpc.prediction_steps": 2, "knn.every_epochs": 1000.0})
+      **{"cpc.prediction_offsets": (2,), "knn.every_epochs": 1000.0})
   cfg = config.cpc
   cfg.context_width, cfg.context_bottleneck, cfg.context_dim = 16, 8, 16
   results = train.train_and_evaluate(config, str(tmp_path))

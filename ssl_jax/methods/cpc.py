@@ -11,13 +11,23 @@ pooled feature of every patch; CPC v2 replaces batch norm by layer norm,
 ``config.model.norm='layer'``, so that no statistic mixes patches).
 
 A context network that is autoregressive over rows (``models.context``: c at
-row r sees rows <= r) summarises z; for k = 1..K a linear W_k predicts
-z_{r+k} from c_r (eq. 1 of Hénaff et al.), and InfoNCE (eq. 2) scores the true
-patch against every other patch feature of the global batch (other positions
-of the same image and all positions of the other images, across devices):
+row r sees rows <= r) summarises z. Following the pseudocode of Hénaff et al.
+(Appendix A.2, ``CPC(latents, target_dim=64, emb_scale=0.1, steps_to_ignore=2,
+steps_to_predict=3)``), the targets are a learned 1x1 projection of z to
+``target_dim`` channels, t = W_t z, and for every offset k in
+``config.cpc.prediction_offsets`` (the paper: only k = 3, the first row that
+shares no pixel with the context's rows when patches overlap by half) a
+linear W_k predicts t_{r+k} from c_r, scaled by ``embedding_scale`` (eq. 1).
+InfoNCE (eq. 2) scores the true target against every other target of the
+global batch (other positions of the same image and all positions of the
+other images, across devices):
 
-  L = mean_k mean_{b, r, col} -log softmax_{all (b', r', col')}(ẑ_{b,r,col,k} . z_{b',r',col'})
+  L = mean_k mean_{b, r, col} -log softmax_{all (b', r', col')}(s W_k c_{b,r,col} . t_{b',r',col'})
       at the target (b, r + k, col).
+
+The scale s = 0.1 and the 64-d targets keep the initial logits small; without
+them the loss starts above log N and the fastest descent is to make every
+patch feature equal (loss = log N, a collapse we measured on CIFAR-10).
 
 Linear evaluation and the kNN monitor use the mean-pooled patch features
 (Sec. 4): ``config.model.patch_size > 0`` makes ``models.encoder.build_encoder``
@@ -43,13 +53,14 @@ from ssl_jax.models import context as context_lib
 from ssl_jax.models import encoder as encoder_lib
 
 
-def cpc_info_nce(predictions, z, axis_name=None):
+def cpc_info_nce(predictions, z, offsets=None, axis_name=None):
   """CPC's InfoNCE over a grid (Hénaff et al. 2019, eq. 2), with its accuracy.
 
   Args:
-    predictions: sequence over k = 1..K of float [n, R - k, C, D]: the
+    predictions: sequence over the offsets k of float [n, R - k, C, D]: the
       prediction of ``z[:, r + k, col]`` made at row r.
-    z: float [n, R, C, D] patch features on this device (targets and negatives).
+    z: float [n, R, C, D] target features on this device (targets and negatives).
+    offsets: the row offset k of each prediction; default 1, 2, ..., K.
     axis_name: the batch axis under ``jax.shard_map``: negatives then come
       from every device (``all_gather``), and the result is the global mean.
 
@@ -66,8 +77,12 @@ def cpc_info_nce(predictions, z, axis_name=None):
   if axis_name is not None:
     keys = lax.all_gather(keys, axis_name, tiled=True)  # [N R C, D], device order
     offset = lax.axis_index(axis_name) * n
+  if offsets is None:
+    offsets = range(1, len(predictions) + 1)
+  if len(offsets) != len(predictions):
+    raise ValueError(f"{len(predictions)} predictions for {len(offsets)} offsets {offsets}.")
   losses, accuracies = [], []
-  for k, pred in enumerate(predictions, start=1):
+  for k, pred in zip(offsets, predictions):
     if pred.shape != (n, rows - k, cols, dim):
       raise ValueError(f"prediction {k} has shape {pred.shape}; expected "
                        f"{(n, rows - k, cols, dim)}.")
@@ -86,37 +101,42 @@ def cpc_info_nce(predictions, z, axis_name=None):
 
 
 class CPCModel(nn.Module):
-  """Patch encoder -> z; context network(s) -> c; W_k -> predictions."""
+  """Patch encoder -> z; W_t z -> targets; context network(s) -> c; s W_k c -> predictions."""
   encoder: nn.Module            # the per-patch ResNet (params['encoder'])
   context_down: nn.Module
   context_up: nn.Module | None
-  prediction_steps: int
-  encoder_dim: int              # D, the width of z
+  prediction_offsets: tuple[int, ...]
+  target_dim: int               # width of the targets W_t z and of the predictions
+  embedding_scale: float        # s, multiplies the predictions (Appendix A.2: 0.1)
 
   def setup(self):
-    self.predictors = [nn.Dense(self.encoder_dim, use_bias=False, name=f"predictor_{k}")
-                       for k in range(1, self.prediction_steps + 1)]
+    self.target_projection = nn.Dense(self.target_dim, name="target_projection")
+    self.predictors = [nn.Dense(self.target_dim, name=f"predictor_{k}")
+                       for k in self.prediction_offsets]
 
   def __call__(self, patches, train: bool):
-    """patches [n, R, C, p, p, 3] -> (z [n, R, C, D], [pred_k [n, R - k, C, D]] for k = 1..K)."""
+    """patches [n, R, C, p, p, 3] -> (z [n, R, C, D], targets [n, R, C, T], predictions).
+
+    ``predictions[i]`` is [n, R - k, C, T] for k = ``prediction_offsets[i]``.
+    """
     n, rows, cols = patches.shape[:3]
     z = self.encoder(patches.reshape((-1,) + patches.shape[3:]), train=train)
     z = z.reshape(n, rows, cols, -1)
-    return z, self.predict(z)
+    return z, self.target_projection(z), self.predict(z)
 
   def predict(self, z):
-    """z [n, R, C, D] -> [W_k c for k = 1..K], each [n, R - k, C, D]."""
+    """z [n, R, C, D] -> [s W_k c for each offset k], each [n, R - k, C, T]."""
     rows = z.shape[1]
     context = self.context_down(z)                                  # rows <= r
     if self.context_up is not None:
       up = self.context_up(z[:, ::-1])[:, ::-1]                     # rows >= r
       up = jnp.concatenate([up, jnp.zeros_like(up[:, :1])], axis=1)  # row R: nothing below
     predictions = []
-    for k in range(1, self.prediction_steps + 1):
+    for k, predictor in zip(self.prediction_offsets, self.predictors):
       c = context[:, :rows - k]
       if self.context_up is not None:
         c = jnp.concatenate([c, up[:, k + 1:rows + 1]], axis=-1)
-      predictions.append(self.predictors[k - 1](c))
+      predictions.append(self.embedding_scale * predictor(c))
     return predictions
 
 
@@ -139,13 +159,19 @@ def _model(config, axis_name) -> CPCModel:
         cols=cfg.context_cols, dtype=dtype)
 
   rows = _grid(config)
-  if not 1 <= cfg.prediction_steps < rows:
-    raise ValueError(f"config.cpc.prediction_steps={cfg.prediction_steps} must be in "
-                     f"[1, {rows - 1}] for a {rows}-row grid.")
-  resnet = _resnet(config, axis_name)
-  return CPCModel(encoder=resnet, context_down=context(),
+  offsets = tuple(cfg.prediction_offsets)
+  if not offsets or len(set(offsets)) != len(offsets) or not all(
+      isinstance(k, int) and 1 <= k < rows for k in offsets):
+    raise ValueError(f"config.cpc.prediction_offsets={cfg.prediction_offsets} must be distinct "
+                     f"row offsets in [1, {rows - 1}] for a {rows}-row grid, e.g. "
+                     f"({min(3, rows - 1)},) (the paper: (3,) on a 7-row grid).")
+  if cfg.target_dim < 1 or not cfg.embedding_scale > 0:
+    raise ValueError(f"config.cpc.target_dim={cfg.target_dim} must be >= 1 and "
+                     f"config.cpc.embedding_scale={cfg.embedding_scale} > 0 (paper: 64, 0.1).")
+  return CPCModel(encoder=_resnet(config, axis_name), context_down=context(),
                   context_up=context() if cfg.bidirectional else None,
-                  prediction_steps=cfg.prediction_steps, encoder_dim=resnet.num_features)
+                  prediction_offsets=offsets, target_dim=cfg.target_dim,
+                  embedding_scale=cfg.embedding_scale)
 
 
 def _grid(config) -> int:
@@ -192,7 +218,7 @@ def make_views(example_keys, images, recipes, *, config):
 
 
 def init(key, config, sample_images):
-  """Params {'encoder', 'context_down', ('context_up'), 'predictor_k'}, no batch_stats with GN."""
+  """Params {'encoder', 'target_projection', 'context_down', ('context_up'), 'predictor_k'}."""
   del sample_images
   rows, p = _grid(config), config.model.patch_size
   dummy = jnp.zeros((1, rows, rows, p, p, 3), jnp.float32)
@@ -201,23 +227,24 @@ def init(key, config, sample_images):
 
 
 def embed(params, batch_stats, views, *, config, axis_name):
-  """(z [n, R, C, D], [pred_k [n, R - k, C, D]]) of this device's patches, and batch_stats.
+  """(z, targets, predictions) of this device's patches (``CPCModel``), and batch_stats.
 
   Everything before the batch-coupled InfoNCE; per image (layer norm, and the
   context network sees one image's grid), so ``config.microbatches`` can use
   gradient caching (``ssl_jax.microbatch``) with the full-batch result.
   """
-  (z, predictions), updated = _model(config, axis_name).apply(
+  embeddings, updated = _model(config, axis_name).apply(
       {"params": params, "batch_stats": batch_stats}, views, train=True,
       mutable=["batch_stats"])
-  return (z, predictions), updated.get("batch_stats", {})
+  return embeddings, updated.get("batch_stats", {})
 
 
 def loss_from_embeddings(embeddings, method_state, key, *, config, axis_name):
   """CPC InfoNCE (``cpc_info_nce``) of this device's z / predictions against the global batch."""
-  del key, config
-  z, predictions = embeddings
-  loss, accuracy = cpc_info_nce(predictions, z, axis_name)
+  del key
+  z, targets, predictions = embeddings
+  loss, accuracy = cpc_info_nce(predictions, targets, tuple(config.cpc.prediction_offsets),
+                                axis_name)
   metrics = {"loss": loss, "cpc_accuracy": accuracy,
              **diagnostics.collapse_metrics(jnp.mean(z, axis=(1, 2)), axis_name=axis_name)}
   return loss, (method_state, metrics)
