@@ -22,7 +22,7 @@ def get_config(arg=None):
   c.method = "simsiam"
   c.simsiam = dict(
       projection_dim=2048,        # Sec. 3: projector output 2048-d
-      projector_hidden_dim=0,     # 0: the encoder's feature width (2048 for ResNet-50)
+      projector_hidden_dim=2048,  # Sec. 3: "The hidden fc is 2048-d" (CIFAR too, Appendix D)
       projector_layers=3,         # Sec. 3: 3 layers, BN on each (output BN without affine)
       predictor_hidden_dim=512,   # Sec. 3: the predictor's 512-d bottleneck
   )
