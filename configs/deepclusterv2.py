@@ -22,7 +22,7 @@ def get_config(arg=None):
   c.deepclusterv2 = dict(
       num_prototypes=(3000, 3000, 3000),  # --nmb_prototypes 3000 3000 3000 (3 k-means heads)
       projection_dim=128,         # --feat_dim 128
-      projector_hidden_dim=0,     # hidden_mlp 2048; 0: the encoder's feature width
+      projector_hidden_dim=2048,  # --hidden_mlp 2048 (the reference default for every arch)
       temperature=0.1,            # --temperature 0.1
       kmeans_iters=10,            # cluster_memory(nmb_kmeans_iters=10)
       num_large_crops=2,          # --nmb_crops 2 6 --size_crops 224 96
