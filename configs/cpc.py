@@ -63,7 +63,8 @@ def get_config(arg=None):
   c.batch_size = 512
   c.total_epochs = 100.0
 
-  if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
+  small_images = dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10")
+  if small_images:
     # Ours for 32-px images, proportional to the paper: 8-px patches, stride 4
     # (50% overlap) -> the same 7x7 grid, so the same offsets; ResNet-18 with
     # the CIFAR stem; a smaller context network; Adam 1e-3.
@@ -88,7 +89,7 @@ def get_config(arg=None):
   if dataset == "digits":
     # Offline default, sized for a few minutes on two CPU cores (as simclr.py).
     config_lib.apply_digits(c, batch_size=128, total_epochs=10.0, knn_every_epochs=5.0)
-  if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
+  if small_images:
     # Ours: a linear warm-up over the first 5% of the run. Without it, Adam's
     # first full-size steps shrink the patch features towards a constant (std
     # ratio 0.06 -> 0.01 on CIFAR-10) and InfoNCE sits at log N for ~60 steps.
