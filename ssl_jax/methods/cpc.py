@@ -240,7 +240,7 @@ def embed(params, batch_stats, views, *, config, axis_name):
 
 
 def loss_from_embeddings(embeddings, method_state, key, *, config, axis_name):
-  """CPC InfoNCE (``cpc_info_nce``) of this device's predictions against the global batch's targets."""
+  """CPC InfoNCE (``cpc_info_nce``): this device's predictions vs the global batch's targets."""
   del key
   z, targets, predictions = embeddings
   loss, accuracy = cpc_info_nce(predictions, targets, tuple(config.cpc.prediction_offsets),
