@@ -131,7 +131,7 @@ def fit_schedule_to_budget(config, budget_epochs: float) -> None:
   if "frozen_epochs" in config.optim:
     config.optim.frozen_epochs *= share
   if "swav" in config:
-    config.swav.queue_start_epoch = int(config.swav.queue_start_epoch * share)
+    config.swav.queue_start_epoch *= share
   if "byol" in config:
     config.byol.tau_base = min(config.byol.tau_base, 0.99)
 

@@ -36,6 +36,9 @@ def get_config(arg=None):
   c.optim.lr_scaling = "linear"
   c.optim.end_learning_rate = 0.0048
   c.optim.weight_decay = 1e-6
+  # main_swav.py: LARC(SGD(model.parameters())) -- biases and BN parameters too
+  # get the weight decay and the trust ratio.
+  c.optim.exclude_bias_and_norm = False
   c.optim.warmup_epochs = 10.0
   c.batch_size = 4096
   c.total_epochs = 800.0

@@ -31,7 +31,7 @@ def get_config(arg=None):
       num_small_crops=6,
       num_code_crops=2,           # --crops_for_assign 0 1: codes from the 2 large crops
       queue_length=3840,          # --queue_length 3840 (the batch-256 runs, Sec. 4.3)
-      queue_start_epoch=15,       # --epoch_queue_starts 15
+      queue_start_epoch=15.0,     # --epoch_queue_starts 15
       queue_max_batch_size=256,   # the queue is for small batches; the 4096 runs use none
   )
   # Appendix A.1: LARS, lr 4.8 at batch 4096 (= 0.3 x B/256) with 10 warm-up epochs,
@@ -42,6 +42,9 @@ def get_config(arg=None):
   c.optim.lr_scaling = "linear"
   c.optim.end_learning_rate = 0.0048
   c.optim.weight_decay = 1e-6
+  # main_swav.py: LARC(SGD(model.parameters())) -- biases and BN parameters too
+  # get the weight decay and the trust ratio.
+  c.optim.exclude_bias_and_norm = False
   c.optim.warmup_epochs = 10.0
   c.optim.frozen_params = "prototypes"
   c.optim.frozen_epochs = 1.0
@@ -68,7 +71,7 @@ def get_config(arg=None):
     c.batch_size = 256
     c.eval_batch_size = 512
     c.total_epochs = 500.0
-    c.swav.queue_start_epoch = 50
+    c.swav.queue_start_epoch = 50.0
     c.optim.base_learning_rate = 0.6   # the batch-256 script's --base_lr 0.6
     c.optim.end_learning_rate = 0.0006  # --final_lr 0.0006
     c.optim.warmup_epochs = 0.0
@@ -83,11 +86,11 @@ def get_config(arg=None):
     config_lib.apply_digits(c, batch_size=None)
     c.swav.num_prototypes = 100
     c.swav.queue_length = 1280
-    c.swav.queue_start_epoch = 5
+    c.swav.queue_start_epoch = 5.0
     c.optim.warmup_epochs = 1.0
   if "runlocal" in flags:
     config_lib.apply_runlocal(c)
     c.swav.num_small_crops = 2
     c.swav.queue_length = 256
-    c.swav.queue_start_epoch = 0
+    c.swav.queue_start_epoch = 0.0
   return c

@@ -80,6 +80,7 @@ _COMMON_FIELDS = (
     "schedule",
     "decay_fractions",
     "decay_factor",
+    "exclude_bias_and_norm",
 )
 _SPECIFIC_FIELDS = {
     "lars": ("momentum", "trust_coefficient", "clip_trust_ratio"),
@@ -89,7 +90,8 @@ _SPECIFIC_FIELDS = {
 }
 _OPTIONAL = {"end_learning_rate": 0.0, "grad_clip_norm": None, "fixed_lr_params": (),
              "frozen_params": "", "frozen_epochs": 0.0, "schedule": "warmup_cosine",
-             "decay_fractions": (), "decay_factor": 0.1, "clip_trust_ratio": False}
+             "decay_fractions": (), "decay_factor": 0.1, "clip_trust_ratio": False,
+             "exclude_bias_and_norm": True}
 # 'warmup_cosine': SimCLR/BYOL. 'step': piecewise-constant decay (RotNet's LUT_lr,
 # the classic ImageNet recipe), multiplied by decay_factor at each decay_fractions
 # entry (fractions of the run, so the schedule scales with total_steps).
@@ -395,6 +397,10 @@ def default_optim_config(name: str = "lars") -> ml_collections.ConfigDict:
   # peak value instead of following the schedule (SimSiam's predictor, Sec. 4.1).
   config.fixed_lr_params = ()
   config.end_learning_rate = 0.0
+  # True: biases and normalisation parameters get no weight decay and no LARS
+  # adaptation (SimCLR, BYOL; ``decay_mask``). False: every parameter gets both,
+  # as torch.optim + apex LARC on ``model.parameters()`` (SwAV's reference).
+  config.exclude_bias_and_norm = True
   if name == "lars":
     config.base_learning_rate = 0.3  # SimCLR B.1: 0.3 x BatchSize / 256.
     config.lr_scaling = "linear"
@@ -513,6 +519,10 @@ def make_optimizer(
   parameters follow the schedule. Optimizer state is per parameter in every
   optimizer here, so the split changes nothing else.
 
+  ``exclude_bias_and_norm`` (default True) selects the mask above; False
+  decays and adapts every parameter (SwAV's and DeepCluster v2's reference,
+  which wrap ``torch.optim.SGD(model.parameters())`` in apex ``LARC``).
+
   If ``grad_clip_norm`` is set, ``optax.clip_by_global_norm`` runs first, on the
   raw gradients (before weight decay). Under ``jax.shard_map`` the gradients of
   replicated params are already global, so the norm is the global one.
@@ -575,6 +585,9 @@ def make_optimizer(
         f"{e} (warmup_epochs={warmup_epochs} x steps_per_epoch={steps_per_epoch} = "
         f"{warmup_steps} warmup steps, total_steps={total_steps}).") from e
 
+  if not isinstance(config["exclude_bias_and_norm"], bool):
+    raise ValueError(f"optim_config.exclude_bias_and_norm must be a bool, got "
+                     f"{config['exclude_bias_and_norm']!r}.")
   fixed = config["fixed_lr_params"] or ()
   if isinstance(fixed, str) or not all(isinstance(p, str) and p for p in fixed):
     raise ValueError(f"optim_config.fixed_lr_params must be a tuple of parameter path prefixes "
@@ -638,15 +651,21 @@ def scale_by_clipped_trust_ratio(trust_coefficient: float, learning_rate
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _every_leaf(params: Any) -> Any:
+  """A mask that is True for every leaf (no exclusion from decay or adaptation)."""
+  return jax.tree.map(lambda _: True, params)
+
+
 def _base_optimizer(name: str, config: dict[str, Any], learning_rate, weight_decay: float
                     ) -> optax.GradientTransformation:
   """The named optimizer with ``learning_rate`` (a schedule or a constant)."""
+  mask = decay_mask if config["exclude_bias_and_norm"] else _every_leaf
   if name == "lars" and config["clip_trust_ratio"]:
     momentum = _check_number(config, "momentum", 0.0, 1.0)
     eta = _check_number(config, "trust_coefficient", 0.0, low_inclusive=False)
     tx = optax.chain(  # optax.lars's chain with the clipped (LARC) trust ratio
-        optax.add_decayed_weights(weight_decay, mask=decay_mask),
-        optax.masked(scale_by_clipped_trust_ratio(eta, learning_rate), decay_mask),
+        optax.add_decayed_weights(weight_decay, mask=mask),
+        optax.masked(scale_by_clipped_trust_ratio(eta, learning_rate), mask),
         optax.scale_by_learning_rate(learning_rate),
         optax.trace(decay=momentum),
     )
@@ -656,9 +675,9 @@ def _base_optimizer(name: str, config: dict[str, Any], learning_rate, weight_dec
     tx = optax.lars(
         learning_rate=learning_rate,
         weight_decay=weight_decay,
-        weight_decay_mask=decay_mask,
+        weight_decay_mask=mask,
         trust_coefficient=eta,
-        trust_ratio_mask=decay_mask,
+        trust_ratio_mask=mask,
         momentum=momentum,
     )
   elif name == "sgd":
@@ -666,7 +685,7 @@ def _base_optimizer(name: str, config: dict[str, Any], learning_rate, weight_dec
     if not isinstance(config["nesterov"], bool):
       raise ValueError(f"optim_config.nesterov must be a bool, got {config['nesterov']!r}.")
     tx = optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=decay_mask),
+        optax.add_decayed_weights(weight_decay, mask=mask),
         optax.sgd(learning_rate=learning_rate, momentum=momentum or None,
                   nesterov=config["nesterov"]),
     )
@@ -676,6 +695,6 @@ def _base_optimizer(name: str, config: dict[str, Any], learning_rate, weight_dec
     eps = _check_number(config, "eps", 0.0)
     make = optax.adamw if name == "adamw" else optax.lamb
     tx = make(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-              mask=decay_mask)
+              mask=mask)
 
   return tx

@@ -178,7 +178,7 @@ def test_decay_mask_names_and_structure_only():
 
 
 def _np_lars(params, grads_per_step, lrs, wd, eta, momentum, *, lr_inside_momentum=True,
-             paper_denominator=False, clip=False):
+             paper_denominator=False, clip=False, adapt_all=False):
   """LARS, You et al. 2017, Algorithm 1, per array ("layer"), in float64.
 
   Masked (decayed) leaves: g' = g + wd * w, trust = eta * ||w|| / ||g'|| (1 if
@@ -187,6 +187,7 @@ def _np_lars(params, grads_per_step, lrs, wd, eta, momentum, *, lr_inside_moment
   variant (v = m * v + trust * g', w -= lr_t * v); ``paper_denominator`` uses
   eq. (6)'s ||g|| + wd * ||w|| instead of ||g + wd * w||. ``clip``: LARC's
   clipped ratio (apex LARC(clip=True)), trust -> min(trust / lr_t, 1).
+  ``adapt_all``: every leaf is decayed and adapted (apex LARC over all params).
   """
   w = {k: v.copy() for k, v in params.items()}
   vel = {k: np.zeros_like(v) for k, v in params.items()}
@@ -194,7 +195,7 @@ def _np_lars(params, grads_per_step, lrs, wd, eta, momentum, *, lr_inside_moment
   for grads, lr in zip(grads_per_step, lrs):
     step_updates = {}
     for k, g in grads.items():
-      adapt = _LEAVES[k][1]
+      adapt = _LEAVES[k][1] or adapt_all
       if adapt:
         g_dec = g + wd * w[k]
         w_norm = np.linalg.norm(w[k])
@@ -283,6 +284,33 @@ def test_lars_clipped_trust_ratio_matches_larc():
   _, plain = _np_lars(params, grads[1:], lrs, wd, eta, momentum)
   differs = [not np.allclose(got_updates[1][k], plain[0][k], rtol=1e-3) for k in plain[0]]
   assert any(differs) and not all(differs)
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_lars_without_exclusion_adapts_bias_and_norm(clip):
+  """exclude_bias_and_norm=False: SwAV's torch SGD + apex LARC over model.parameters()."""
+  wd, eta, momentum = 1e-3, 1e-3, 0.9
+  config = _config("lars", weight_decay=wd, trust_coefficient=eta, momentum=momentum,
+                   warmup_epochs=0.0, clip_trust_ratio=clip, exclude_bias_and_norm=False)
+  tx, schedule = optim.make_optimizer(config, total_steps=8, steps_per_epoch=1, batch_size=256)
+  lrs = [float(schedule(t)) for t in range(3)]
+  params = _random_flat(3)
+  grads = [_random_flat(20 + t) for t in range(3)]
+  got_w, got_updates = _run(tx, params, grads)
+  want_w, want_updates = _np_lars(params, grads, lrs, wd, eta, momentum, clip=clip,
+                                  adapt_all=True)
+  for got_u, want_u in zip(got_updates, want_updates):
+    _assert_flat_close(got_u, want_u)
+  _assert_flat_close(got_w, want_w, rtol=1e-5, atol=1e-6)
+  # A norm scale is now trust-scaled: far from the plain SGD step the default gives it.
+  k = ("BatchNorm_0", "scale")
+  assert np.linalg.norm(got_updates[0][k]) < 0.1 * lrs[0] * np.linalg.norm(grads[0][k])
+
+
+def test_exclude_bias_and_norm_must_be_bool():
+  config = dict(optim.default_optim_config("sgd").to_dict(), exclude_bias_and_norm="no")
+  with pytest.raises(ValueError, match="exclude_bias_and_norm must be a bool"):
+    optim.make_optimizer(config, total_steps=8, steps_per_epoch=1, batch_size=256)
 
 
 # ----------------------------------------------------------------------------- schedule & lr

@@ -130,14 +130,14 @@ def _sharded_loss(config, mesh):
 def test_queue_fifo_and_loss_1_vs_8_devices_vs_numpy(devices):
   config = tiny_config(queue_length=32, queue_start_epoch=1)  # 2 global batches of 16
   params, batch_stats, state0 = swav.init(jax.random.key(0), config, None)
+  state0["queue_start_step"] = jnp.ones((), jnp.int32)  # what epoch_start sets at 1 step/epoch
   assert state0["queue"].shape == (2, 32, 8)
   runs = {}
   for name, devs in (("8", devices), ("1", devices[:1])):
     step = _sharded_loss(config, make_mesh(devs))
     state, out = dict(state0), []
     for t in range(4):
-      if t == 1:
-        state["epoch"] = jnp.ones((), jnp.int32)  # the queue starts at epoch 1
+      state["step"] = jnp.asarray(t, jnp.int32)  # post_update's count
       loss, state, in_use = step(params, batch_stats, state, _random_views(config, 10 + t))
       out.append((float(loss), float(in_use), jax.device_get(state)))
     runs[name] = out
@@ -188,10 +188,11 @@ def test_freeze_for_steps_skips_leaves_exactly():
 
 
 def test_smoke_train_and_evaluate_queue_and_freezing(data_dir, tmp_path):
-  """The real loop: queue from epoch 0, prototypes frozen for 2 steps, kept at unit norm."""
+  """The real loop: queue from step 1 (a fractional epoch), prototypes frozen for 2 steps."""
   import json  # pylint: disable=g-import-not-at-top
   from ssl_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  config = tiny_config(data_dir, queue_length=32, queue_start_epoch=0)
+  # digits: 4,000 / 16 = 250 steps per epoch, so 1/250 epoch is step 1.
+  config = tiny_config(data_dir, queue_length=32, queue_start_epoch=1 / 250)
   config.total_steps = 5
   config.optim.frozen_epochs = 2 / 250  # digits: 4,000 / 16 = 250 steps per epoch -> 2 steps
   tx, _ = optim.make_optimizer(config.optim, total_steps=5, steps_per_epoch=250,
@@ -214,6 +215,6 @@ def test_smoke_train_and_evaluate_queue_and_freezing(data_dir, tmp_path):
   losses = [r["loss"] for r in records if "loss" in r]
   assert len(losses) == 5 and np.all(np.isfinite(losses))
   in_use = [r["queue_in_use"] for r in records if "queue_in_use" in r]
-  assert in_use == [0.0, 0.0, 1.0, 1.0, 1.0]  # 2 batches of 16 fill the 32 rows
+  assert in_use == [0.0, 0.0, 0.0, 1.0, 1.0]  # steps 1 and 2 fill the 32 rows
   assert [r["step"] for r in records if "epoch_start_seconds" in r] == [0]
   assert results["step"] == 5

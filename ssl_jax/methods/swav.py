@@ -21,7 +21,9 @@ Details of the reference code reproduced here:
   resolution group); the projection head sees all crops at once.
 - The queue (Sec. 4 "small batches", reference ``queue``): the embeddings of the
   high-resolution crops of the last ``queue_length`` images, global over
-  devices, FIFO (newest first). It is filled from ``queue_start_epoch`` on, and
+  devices, FIFO (newest first). It is filled from ``queue_start_epoch`` on (a
+  step, ``round(queue_start_epoch * steps_per_epoch)``, so that a fractional
+  epoch -- a paper schedule compressed into a short run -- keeps its share), and
   once full its scores against the current prototypes are prepended to the
   batch's before Sinkhorn (widening the equipartition); their codes are dropped.
   It lives in ``method_state`` (replicated), so checkpoints hold it. As in the
@@ -34,6 +36,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ssl_jax import augment
 from ssl_jax import diagnostics
@@ -123,7 +128,7 @@ def init(key, config, sample_images):
   dummy = jnp.zeros((2, size, size, 3), jnp.float32)
   variables = _model(config, axis_name=None).init(key, [dummy], train=False)
   params = project_params(dict(variables["params"]), config)
-  method_state = {"epoch": jnp.zeros((), jnp.int32)}
+  method_state = {"step": jnp.zeros((), jnp.int32), "queue_start_step": jnp.zeros((), jnp.int32)}
   length = queue_length(config)
   if length:
     method_state["queue"] = jnp.zeros(
@@ -139,8 +144,13 @@ def project_params(params, config):
 
 
 def epoch_start(state, context):
-  """Records the epoch in method_state (the queue starts at ``queue_start_epoch``)."""
-  method_state = dict(state.method_state, epoch=jnp.asarray(context.epoch, jnp.int32))
+  """Records the step at which the queue starts (``queue_start_epoch`` epochs in)."""
+  start = int(round(context.config.swav.queue_start_epoch * context.steps_per_epoch))
+  # New host values, replicated: never an alias of state.step (the step donates both).
+  replicated = NamedSharding(context.mesh, P())
+  method_state = dict(state.method_state,
+                      step=jax.device_put(np.int32(int(state.step)), replicated),
+                      queue_start_step=jax.device_put(np.int32(start), replicated))
   return state.replace(method_state=method_state)
 
 
@@ -161,8 +171,8 @@ def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name)
 
   Args:
     params, batch_stats: {'encoder', 'projector', 'prototypes'} trees.
-    method_state: {'epoch', and with a queue 'queue' float32 [C, Q, D] (global,
-      newest rows first), 'queue_filled' int32 []}.
+    method_state: {'step' (this step), 'queue_start_step', and with a queue
+      'queue' float32 [C, Q, D] (global, newest rows first), 'queue_filled' int32 []}.
     views: large crops then small crops, float32 [n, S_v, S_v, 3].
     key: unused.
     config: the run config (``config.swav``).
@@ -193,7 +203,7 @@ def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name)
     local_queue = jax.lax.dynamic_slice_in_dim(queue, offset, local_rows, axis=1)
     prototypes = jax.lax.stop_gradient(params["prototypes"]["kernel"])
     queue_scores = [local_queue[i] @ prototypes for i in range(cfg.num_code_crops)]
-    active = method_state["epoch"] >= cfg.queue_start_epoch
+    active = method_state["step"] >= method_state["queue_start_step"]
     use_queue = active & (method_state["queue_filled"] >= queue.shape[1])
 
     def with_queue(all_scores, queue_scores):
@@ -222,6 +232,7 @@ def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name)
 
 
 def post_update(params, batch_stats, method_state, step, config, *, total_steps):
-  """Nothing: the queue is pushed in ``loss_fn``, prototypes projected in ``project_params``."""
-  del params, batch_stats, step, config, total_steps
-  return method_state
+  """Counts the step (the queue is pushed in ``loss_fn``, prototypes projected in
+  ``project_params``)."""
+  del params, batch_stats, config, total_steps
+  return dict(method_state, step=jnp.asarray(step, jnp.int32))
