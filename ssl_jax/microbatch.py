@@ -17,6 +17,9 @@ of the whole batch exact:
   (BYOL, SimSiam, RotNet, ...): ``loss_fn`` per chunk, gradients and metrics
   averaged over chunks (chunks are equal-sized, so this is the full-batch mean).
   Batch statistics and method state are threaded from chunk to chunk.
+  Methods whose loss couples the batch without gradient caching (MoCo v3's
+  in-batch keys, SwAV's Sinkhorn; ``BATCH_COUPLED_LOSS``) and methods with
+  per-example state (DeepCluster) are refused by the config check.
 
 BatchNorm: either way, a BN layer in train mode normalises each chunk with the
 statistics of that chunk (across devices when cross-replica), i.e. over a batch

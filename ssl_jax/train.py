@@ -274,6 +274,17 @@ def _config_errors(config) -> list[str]:
   if microbatches < 1 or (config.batch_size > 0 and (config.batch_size // n) % microbatches):
     errors.append(f"config.microbatches={microbatches} must divide each device's batch "
                   f"(batch_size / devices = {config.batch_size // n}).")
+  if microbatches > 1 and method in methods._METHODS:  # pylint: disable=protected-access
+    module = methods.get_method(method)
+    if getattr(module, "USES_EXAMPLE_INDEX", False):
+      errors.append(f"config.microbatches={microbatches}: config.method={method!r} keeps "
+                    "per-example state and runs without micro-batches; set it to 1.")
+    elif (getattr(module, "BATCH_COUPLED_LOSS", False)
+          and not hasattr(module, "loss_from_embeddings")):
+      errors.append(f"config.microbatches={microbatches}: config.method={method!r} computes "
+                    "its loss over the whole batch and has no gradient caching (embed / "
+                    "loss_from_embeddings), so micro-batches would change the loss, not just "
+                    "the memory; set it to 1 (or use more devices / a smaller batch_size).")
   if config.total_steps < 0 or config.total_epochs < 0 or not (
       config.total_steps or config.total_epochs):
     errors.append("config.total_epochs / config.total_steps: set one of them > 0 (total_steps "

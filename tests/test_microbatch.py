@@ -70,6 +70,19 @@ def test_gradient_accumulation_equals_full_batch(data_dir, batch, monkeypatch):
   _assert_same_step(accumulated, full)
 
 
+@pytest.mark.parametrize("name", ["mocov3", "swav", "deepcluster"])
+def test_microbatches_refused_where_they_would_change_the_loss(name):
+  """In-batch negatives (MoCo v3), Sinkhorn over the batch (SwAV), per-example state."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from ssl_jax import train  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{name}").get_config("digits")
+  config.microbatches = 2
+  with pytest.raises(ValueError, match=rf"microbatches=2: config.method='{name}'"):
+    train.validate_config(config)
+  config.microbatches = 1
+  train.validate_config(config)
+
+
 def test_split_rejects_uneven_chunks():
   with pytest.raises(ValueError, match="config.microbatches=3"):
     microbatch.split([np.zeros((4, 2))], 3)

@@ -33,6 +33,10 @@ Optional parts (the trainer calls them only when a method defines them):
   USES_EXAMPLE_INDEX = True
       ``loss_fn`` then also gets ``example_index``: int32 [n], each example's
       position in the training split (DeepCluster's pseudo-labels, memory bank).
+  BATCH_COUPLED_LOSS = True
+      The loss couples the examples of the global batch (in-batch negatives,
+      Sinkhorn): without ``embed`` / ``loss_from_embeddings`` the trainer then
+      refuses ``config.microbatches > 1`` (accumulation would change the loss).
   embed(params, batch_stats, views, *, config, axis_name) -> (embeddings, batch_stats)
   loss_from_embeddings(embeddings, method_state, key, *, config, axis_name)
       -> (loss, (method_state, metrics))

@@ -43,6 +43,10 @@ from ssl_jax.methods import common
 from ssl_jax.models import encoder as encoder_lib
 from ssl_jax.models import heads
 
+# The loss contrasts each query with the keys of the whole global batch (in-batch
+# negatives): micro-batches by gradient accumulation would change it (train.py).
+BATCH_COUPLED_LOSS = True
+
 
 class MoCoV3Network(nn.Module):
   """Encoder + projector (+ predictor for the query network); returns (z, q or None)."""

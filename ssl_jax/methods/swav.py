@@ -48,6 +48,10 @@ from ssl_jax.models import heads
 from ssl_jax.models import resnet
 from ssl_jax.parallel import gather_replicated
 
+# Sinkhorn equipartitions the codes over the whole global batch: micro-batches by
+# gradient accumulation would change the codes (train.py refuses them).
+BATCH_COUPLED_LOSS = True
+
 
 class SwAVModel(nn.Module):
   """Encoder + projection MLP + L2 norm (z) + prototypes (scores), as ``main_swav.py``."""
