@@ -12,7 +12,10 @@ low-dimensional subspace) is the failure mode of SSL methods without negatives
 - ``embedding_rank``: the effective rank (Roy & Vetterli 2007; RankMe, Garrido
   et al. 2023): exp of the entropy of the normalised singular values of the
   [N, D] matrix of L2-normalised embeddings of the global batch. Between 1
-  (complete collapse) and min(N, D).
+  (complete collapse) and min(N, D); ``embedding_rank_fraction`` divides it by
+  min(N, D). A low fraction with a fair std is *dimensional* collapse: the
+  embeddings spread over a few directions only (SwAV's documented failure at
+  the start of training, loss stuck at ln K, reaches rank ~3 of 128).
 - ``alignment`` and ``uniformity`` (Wang & Isola 2020, eqs. 4-5, alpha = t = 2):
   E ||f(x) - f(y)||^2 over positive pairs (lower: views agree), and
   log E exp(-2 ||f(x) - f(y)||^2) over pairs of different images (lower: more
@@ -34,6 +37,9 @@ import jax.numpy as jnp
 
 # A healthy embedding has embedding_std_ratio ~ 1; below this it is collapsing.
 COLLAPSE_STD_RATIO = 0.1
+# Effective rank below this share of min(N, D): dimensional collapse. Measured at
+# ResNet-18 width 8 on CIFAR-10: SimCLR ~0.2, SimSiam >= 0.06, a collapsed SwAV 0.02-0.05.
+COLLAPSE_RANK_FRACTION = 0.05
 
 
 def _normalize(z):
@@ -56,7 +62,8 @@ def collapse_metrics(z_1: jax.Array, z_2: jax.Array | None = None, axis_name=Non
 
   Returns:
     Scalar float32 metrics, no gradient: embedding_std, embedding_std_ratio,
-    embedding_rank, uniformity and (with ``z_2``) alignment.
+    embedding_rank, embedding_rank_fraction, uniformity and (with ``z_2``)
+    alignment.
   """
   z_1 = jax.lax.stop_gradient(_normalize(z_1))
   z = z_1 if z_2 is None else jnp.concatenate([z_1, jax.lax.stop_gradient(_normalize(z_2))])
@@ -71,12 +78,14 @@ def collapse_metrics(z_1: jax.Array, z_2: jax.Array | None = None, axis_name=Non
   p = singular / jnp.sum(singular).clip(1e-12)
   rank = jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
 
+  devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+  max_rank = min(z.shape[0] * devices, dim)
   n = z_1.shape[0]
   sq_dist = jnp.maximum(2.0 - 2.0 * z_1 @ z_1.T, 0.0)
   off_diagonal = 1.0 - jnp.eye(n, dtype=z_1.dtype)
   gaussian = jnp.sum(jnp.exp(-2.0 * sq_dist) * off_diagonal) / max(n * (n - 1), 1)
   metrics = {"embedding_std": std, "embedding_std_ratio": std * math.sqrt(dim),
-             "embedding_rank": rank,
+             "embedding_rank": rank, "embedding_rank_fraction": rank / max_rank,
              "uniformity": jnp.log(_pmean(gaussian, axis_name).clip(1e-30))}
   if z_2 is not None:
     z_2n = z[n:]
@@ -85,11 +94,22 @@ def collapse_metrics(z_1: jax.Array, z_2: jax.Array | None = None, axis_name=Non
 
 
 def collapse_warning(metrics: dict) -> str | None:
-  """A message if logged metrics show a collapsing embedding, else None."""
+  """A message if logged metrics show a collapsing embedding, else None.
+
+  Two signs: the spread (``embedding_std_ratio`` < COLLAPSE_STD_RATIO: every
+  image near one point) or the dimensionality (``embedding_rank_fraction`` <
+  COLLAPSE_RANK_FRACTION: the images on a few directions only).
+  """
   ratio = metrics.get("embedding_std_ratio")
-  if ratio is None or not ratio < COLLAPSE_STD_RATIO:
-    return None
+  fraction = metrics.get("embedding_rank_fraction")
   rank = metrics.get("embedding_rank", float("nan"))
-  return (f"Embedding collapse: the std of the normalised embeddings is {ratio:.3f} of a "
-          f"healthy spread (effective rank {rank:.2f}). The representation is degenerating; "
-          "check the learning rate, the predictor/EMA settings, or the augmentation strength.")
+  fix = ("The representation is degenerating; check the learning rate, the predictor/EMA "
+         "settings, or the augmentation strength (SwAV: a smaller epsilon, prototypes frozen "
+         "longer, the queue later).")
+  if ratio is not None and ratio < COLLAPSE_STD_RATIO:
+    return (f"Embedding collapse: the std of the normalised embeddings is {ratio:.3f} of a "
+            f"healthy spread (effective rank {rank:.2f}). {fix}")
+  if fraction is not None and fraction < COLLAPSE_RANK_FRACTION:
+    return (f"Dimensional collapse: the effective rank of the embeddings is {rank:.2f}, "
+            f"{100 * fraction:.1f}% of the possible (std ratio {ratio:.3f}). {fix}")
+  return None

@@ -70,7 +70,7 @@ def test_eight_devices_give_global_statistics(embeddings):
       in_specs=(P(BATCH_AXIS), P(BATCH_AXIS)), out_specs=P()))
   m = fn(z_1, z_2)
   single = diagnostics.collapse_metrics(z_1, z_2)
-  for key in ("embedding_std", "embedding_rank", "alignment"):
+  for key in ("embedding_std", "embedding_rank", "embedding_rank_fraction", "alignment"):
     np.testing.assert_allclose(m[key], single[key], rtol=1e-4, err_msg=key)
   # Uniformity averages the pairs inside each device's share.
   np.testing.assert_allclose(m["uniformity"], ref_uniformity(z_1, mesh.size), rtol=1e-5,
@@ -88,3 +88,19 @@ def test_collapsed_embedding_is_flagged(embeddings):
   assert abs(m["uniformity"]) < 1e-3
   message = diagnostics.collapse_warning(m)
   assert message is not None and "collapse" in message
+
+
+def test_dimensional_collapse_is_flagged_by_rank():
+  """Images on 2 of 64 directions: a fair std, but an effective rank of about 2."""
+  rng = np.random.default_rng(3)
+  z = np.zeros((128, 64), np.float32)
+  z[:, :2] = rng.normal(size=(128, 2))
+  m = jax.device_get(diagnostics.collapse_metrics(z))
+  assert m["embedding_std_ratio"] > diagnostics.COLLAPSE_STD_RATIO  # the std misses it
+  np.testing.assert_allclose(m["embedding_rank_fraction"], m["embedding_rank"] / 64, rtol=1e-6)
+  assert 1.5 < m["embedding_rank"] < 2.01
+  message = diagnostics.collapse_warning(m)
+  assert message is not None and message.startswith("Dimensional collapse")
+  # Spread over every direction: no warning, fraction near 1 for isotropic Gaussians.
+  m = jax.device_get(diagnostics.collapse_metrics(rng.normal(size=(128, 64)).astype(np.float32)))
+  assert m["embedding_rank_fraction"] > 0.8 and diagnostics.collapse_warning(m) is None
