@@ -16,29 +16,51 @@ import argparse
 import statistics
 import time
 
-import jax
-import numpy as np
+from ssl_jax import cpu_devices
 
-from ssl_jax import augment
+cpu_devices.configure()  # one XLA device per core, as training (before JAX starts)
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top
+import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
+from jax.sharding import NamedSharding  # noqa: E402  pylint: disable=g-import-not-at-top
+from jax.sharding import PartitionSpec as P  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from ssl_jax import augment  # noqa: E402  pylint: disable=g-import-not-at-top
+from ssl_jax.parallel import BATCH_AXIS, make_mesh  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def time_views(resolution: int, batch: int, runs: int, preset: str) -> dict:
   """Median seconds per batch of ``views`` for one resolution."""
   recipes = augment.preset(preset, resolution)
   rng = np.random.default_rng(0)
-  images = jax.device_put(rng.integers(0, 256, (batch, resolution, resolution, 3), np.uint8))
-  views = jax.jit(augment.views, static_argnums=2)
+  mesh = make_mesh()
+  sharded = NamedSharding(mesh, P(BATCH_AXIS))
+  images = jax.device_put(rng.integers(0, 256, (batch, resolution, resolution, 3), np.uint8),
+                          sharded)
+
+  # As in the train step: per-example keys folded with the global example index,
+  # each device augmenting its share of the batch.
+  def per_device(step_key, index, local_images):
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, index)
+    return augment.views(keys, local_images, recipes)
+
+  sharded_views = jax.jit(jax.shard_map(per_device, mesh=mesh,
+                                        in_specs=(P(), P(BATCH_AXIS), P(BATCH_AXIS)),
+                                        out_specs=P(BATCH_AXIS)))
+  index = jax.device_put(np.arange(batch, dtype=np.int32), sharded)
+  def views(step_key):
+    return sharded_views(step_key, index, images)
   key = jax.random.key(0)
 
   start = time.perf_counter()
-  jax.block_until_ready(views(key, images, recipes))
+  jax.block_until_ready(views(key))
   compile_s = time.perf_counter() - start
 
   times = []
   for run in range(runs):
     run_key = jax.random.fold_in(key, run + 1)
     start = time.perf_counter()
-    jax.block_until_ready(views(run_key, images, recipes))
+    jax.block_until_ready(views(run_key))
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
   return dict(resolution=resolution, batch=batch, ms=1e3 * median,
@@ -57,7 +79,7 @@ def main():
     parser.error("--runs must be >= 1")
 
   device = jax.devices()[0]
-  devices = f"1 x {device.platform} ({device.device_kind})"
+  devices = f"{jax.device_count()} x {device.platform} ({device.device_kind})"
   print(f"preset {args.preset!r}; jax {jax.__version__}; median of {args.runs} runs\n")
   print("| resolution | batch | ms/batch | images/s | devices | compile s |")
   print("|---:|---:|---:|---:|---|---:|")

@@ -73,7 +73,8 @@ def test_cpu_devices_flags_added_once_and_accepted_by_xla(monkeypatch):
   assert flags.count("--xla_force_host_platform_device_count=3") == 1  # explicit setting wins
   assert flags.count(f"--xla_cpu_collective_call_terminate_timeout_seconds="
                      f"{cpu_devices.COLLECTIVE_ABORT_SECONDS}") == 1
-  assert len(flags) == 3
+  assert flags.count(f"--xla_cpu_experimental_ynn_fusion_type={cpu_devices.YNN_FUSION_TYPES}") == 1
+  assert len(flags) == 4
   # XLA aborts on an unknown flag: a fresh process with these flags must start.
   out = subprocess.run([sys.executable, "-c", "import jax; print(jax.device_count())"],
                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
