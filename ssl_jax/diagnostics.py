@@ -23,7 +23,8 @@ low-dimensional subspace) is the failure mode of SSL methods without negatives
 
 All take per-device embeddings and an ``axis_name``; results are global-batch
 statistics, equal on every device. The singular values come from the D x D Gram
-matrix summed over devices, so no embedding is gathered. Uniformity is averaged
+matrix summed over devices, or, when the global batch N is smaller than D, from
+the N x N Gram matrix of the gathered embeddings. Uniformity is averaged
 over the pairs within each device's share of the batch (an unbiased estimate of
 the same expectation, without an O(N^2) cross-device term).
 """
@@ -34,6 +35,8 @@ import math
 
 import jax
 import jax.numpy as jnp
+
+from ssl_jax import parallel
 
 # A healthy embedding has embedding_std_ratio ~ 1; below this it is collapsing.
 COLLAPSE_STD_RATIO = 0.1
@@ -71,15 +74,22 @@ def collapse_metrics(z_1: jax.Array, z_2: jax.Array | None = None, axis_name=Non
   mean, second = _pmean((jnp.mean(z, axis=0), jnp.mean(jnp.square(z), axis=0)), axis_name)
   std = jnp.mean(jnp.sqrt(jnp.maximum(second - jnp.square(mean), 0.0)))
 
-  # Singular values of the global [N, D] matrix = sqrt of the eigenvalues of
-  # its Gram matrix Z^T Z, a sum over devices.
-  gram = _pmean(z.T @ z, axis_name)
+  # Singular values of the global [N, D] matrix Z = sqrt of the nonzero
+  # eigenvalues of Z^T Z [D, D] (a sum over devices) or of Z Z^T [N, N] (of the
+  # gathered rows), whichever is smaller: eigvalsh is O(size^3) and runs at a
+  # fraction of the matmul rate (SimSiam's 2048-d output at batch 256: 0.66 s a
+  # step for D x D on a 2-core CPU against 0.02 s for N x N, N = 512).
+  devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+  max_rank = min(z.shape[0] * devices, dim)
+  if z.shape[0] * devices < dim:
+    rows = parallel.gather_replicated(z, axis_name)
+    gram = rows @ rows.T
+  else:
+    gram = _pmean(z.T @ z, axis_name)
   singular = jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(gram.astype(jnp.float32)), 0.0))
   p = singular / jnp.sum(singular).clip(1e-12)
   rank = jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
 
-  devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
-  max_rank = min(z.shape[0] * devices, dim)
   n = z_1.shape[0]
   sq_dist = jnp.maximum(2.0 - 2.0 * z_1 @ z_1.T, 0.0)
   off_diagonal = 1.0 - jnp.eye(n, dtype=z_1.dtype)

@@ -109,15 +109,19 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
     views = make_views(example_keys, images, recipes, config=config)
   loss_key = jax.random.fold_in(loss_key, jax.lax.axis_index(axis_name))
 
-  loss_method = method
+  extra_args = {}
   if getattr(method, "USES_EXAMPLE_INDEX", False):
     # Methods with per-example state (DeepCluster's pseudo-labels and memory bank)
     # also get each example's dataset index; they run without micro-batches.
     if config.get("microbatches", 1) != 1:
       raise ValueError(f"config.method={config.method!r} keeps per-example state and does not "
                        "support config.microbatches > 1; set it to 1.")
-    loss_method = types.SimpleNamespace(
-        loss_fn=functools.partial(method.loss_fn, example_index=batch["index"]))
+    extra_args["example_index"] = batch["index"]
+  if getattr(method, "USES_STEP", False):  # e.g. SwAV's queue, which starts at a step
+    extra_args["step"] = state.step
+  loss_method = method
+  if extra_args:
+    loss_method = types.SimpleNamespace(loss_fn=functools.partial(method.loss_fn, **extra_args))
   (loss, (batch_stats, method_state, metrics)), grads = microbatch.value_and_grad(
       loss_method, state.params, state.batch_stats, state.method_state, views, loss_key,
       config=config, axis_name=axis_name, num_chunks=config.get("microbatches", 1))

@@ -169,8 +169,10 @@ def loss_on_devices(config, devices, batch, seed=0):
     make_views = getattr(method, "make_views", None)
     views = (make_views(keys, images, recipes, config=config) if make_views
              else augment.views(keys, images, recipes))
+    extra = {"step": jnp.zeros((), jnp.int32)} if getattr(method, "USES_STEP", False) else {}
     loss, (_, _, metrics) = method.loss_fn(params, batch_stats, method_state, views,
-                                           jax.random.key(1), config=config, axis_name=BATCH_AXIS)
+                                           jax.random.key(1), config=config, axis_name=BATCH_AXIS,
+                                           **extra)
     return loss, metrics
 
   fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), P(BATCH_AXIS)),

@@ -62,8 +62,11 @@ def test_metrics_match_numpy_reference(embeddings):
   np.testing.assert_allclose(m["uniformity"], ref_uniformity(z_1, 1), rtol=1e-5, atol=1e-6)
 
 
-def test_eight_devices_give_global_statistics(embeddings):
-  z_1, z_2 = embeddings
+@pytest.mark.parametrize("rows,dim", [(32, 16), (16, 48)])  # N = 2 x rows > D, then < D
+def test_eight_devices_give_global_statistics(rows, dim):
+  rng = np.random.default_rng(rows + dim)
+  z_1 = rng.normal(size=(rows, dim)).astype(np.float32)
+  z_2 = (z_1 + 0.3 * rng.normal(size=z_1.shape)).astype(np.float32)
   mesh = make_mesh()
   fn = jax.jit(jax.shard_map(
       functools.partial(diagnostics.collapse_metrics, axis_name=BATCH_AXIS), mesh=mesh,
@@ -72,6 +75,10 @@ def test_eight_devices_give_global_statistics(embeddings):
   single = diagnostics.collapse_metrics(z_1, z_2)
   for key in ("embedding_std", "embedding_rank", "embedding_rank_fraction", "alignment"):
     np.testing.assert_allclose(m[key], single[key], rtol=1e-4, err_msg=key)
+  both = np.concatenate([z_1, z_2])
+  np.testing.assert_allclose(m["embedding_rank"], ref_effective_rank(both), rtol=1e-4)
+  np.testing.assert_allclose(m["embedding_rank_fraction"],
+                             ref_effective_rank(both) / min(2 * rows, dim), rtol=1e-4)
   # Uniformity averages the pairs inside each device's share.
   np.testing.assert_allclose(m["uniformity"], ref_uniformity(z_1, mesh.size), rtol=1e-5,
                              atol=1e-6)

@@ -117,13 +117,13 @@ def test_view_recipes_and_configs():
 
 
 def _sharded_loss(config, mesh):
-  def per_device(params, batch_stats, state, views):
+  def per_device(params, batch_stats, state, views, step):
     loss, (_, state, metrics) = swav.loss_fn(params, batch_stats, state, views, None,
-                                             config=config, axis_name=BATCH_AXIS)
+                                             config=config, axis_name=BATCH_AXIS, step=step)
     return loss, state, metrics["queue_in_use"]
 
   return jax.jit(jax.shard_map(per_device, mesh=mesh,
-                               in_specs=(P(), P(), P(), P(BATCH_AXIS)),
+                               in_specs=(P(), P(), P(), P(BATCH_AXIS), P()),
                                out_specs=(P(), P(), P())))
 
 
@@ -137,8 +137,8 @@ def test_queue_fifo_and_loss_1_vs_8_devices_vs_numpy(devices):
     step = _sharded_loss(config, make_mesh(devs))
     state, out = dict(state0), []
     for t in range(4):
-      state["step"] = jnp.asarray(t, jnp.int32)  # post_update's count
-      loss, state, in_use = step(params, batch_stats, state, _random_views(config, 10 + t))
+      loss, state, in_use = step(params, batch_stats, state, _random_views(config, 10 + t),
+                                 jnp.asarray(t, jnp.int32))
       out.append((float(loss), float(in_use), jax.device_get(state)))
     runs[name] = out
 

@@ -33,6 +33,9 @@ Optional parts (the trainer calls them only when a method defines them):
   USES_EXAMPLE_INDEX = True
       ``loss_fn`` then also gets ``example_index``: int32 [n], each example's
       position in the training split (DeepCluster's pseudo-labels, memory bank).
+  USES_STEP = True
+      ``loss_fn`` then also gets ``step``: int32 [], the optimizer steps taken
+      before this one (SwAV's queue, which starts at a step).
   BATCH_COUPLED_LOSS = True
       The loss couples the examples of the global batch (in-batch negatives,
       Sinkhorn): without ``embed`` / ``loss_from_embeddings`` the trainer then

@@ -51,6 +51,8 @@ from ssl_jax.parallel import gather_replicated
 # Sinkhorn equipartitions the codes over the whole global batch: micro-batches by
 # gradient accumulation would change the codes (train.py refuses them).
 BATCH_COUPLED_LOSS = True
+# loss_fn gets the step (the queue is filled from queue_start_step on).
+USES_STEP = True
 
 
 class SwAVModel(nn.Module):
@@ -132,7 +134,7 @@ def init(key, config, sample_images):
   dummy = jnp.zeros((2, size, size, 3), jnp.float32)
   variables = _model(config, axis_name=None).init(key, [dummy], train=False)
   params = project_params(dict(variables["params"]), config)
-  method_state = {"step": jnp.zeros((), jnp.int32), "queue_start_step": jnp.zeros((), jnp.int32)}
+  method_state = {"queue_start_step": jnp.zeros((), jnp.int32)}
   length = queue_length(config)
   if length:
     method_state["queue"] = jnp.zeros(
@@ -150,10 +152,8 @@ def project_params(params, config):
 def epoch_start(state, context):
   """Records the step at which the queue starts (``queue_start_epoch`` epochs in)."""
   start = int(round(context.config.swav.queue_start_epoch * context.steps_per_epoch))
-  # New host values, replicated: never an alias of state.step (the step donates both).
   replicated = NamedSharding(context.mesh, P())
   method_state = dict(state.method_state,
-                      step=jax.device_put(np.int32(int(state.step)), replicated),
                       queue_start_step=jax.device_put(np.int32(start), replicated))
   return state.replace(method_state=method_state)
 
@@ -170,17 +170,18 @@ def group_by_resolution(views):
   return groups + [jnp.concatenate(current)]
 
 
-def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name):
+def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name, step):
   """SwAV's multi-crop swapped prediction (per-device code, global Sinkhorn).
 
   Args:
     params, batch_stats: {'encoder', 'projector', 'prototypes'} trees.
-    method_state: {'step' (this step), 'queue_start_step', and with a queue
+    method_state: {'queue_start_step', and with a queue
       'queue' float32 [C, Q, D] (global, newest rows first), 'queue_filled' int32 []}.
     views: large crops then small crops, float32 [n, S_v, S_v, 3].
     key: unused.
     config: the run config (``config.swav``).
     axis_name: the data-parallel axis.
+    step: int32 [], the optimizer steps taken before this one.
 
   Returns:
     (loss, (batch_stats, method_state, metrics)).
@@ -207,7 +208,7 @@ def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name)
     local_queue = jax.lax.dynamic_slice_in_dim(queue, offset, local_rows, axis=1)
     prototypes = jax.lax.stop_gradient(params["prototypes"]["kernel"])
     queue_scores = [local_queue[i] @ prototypes for i in range(cfg.num_code_crops)]
-    active = method_state["step"] >= method_state["queue_start_step"]
+    active = step >= method_state["queue_start_step"]
     use_queue = active & (method_state["queue_filled"] >= queue.shape[1])
 
     def with_queue(all_scores, queue_scores):
@@ -236,7 +237,7 @@ def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name)
 
 
 def post_update(params, batch_stats, method_state, step, config, *, total_steps):
-  """Counts the step (the queue is pushed in ``loss_fn``, prototypes projected in
-  ``project_params``)."""
-  del params, batch_stats, config, total_steps
-  return dict(method_state, step=jnp.asarray(step, jnp.int32))
+  """Nothing to do: the queue is pushed in ``loss_fn``, prototypes projected in
+  ``project_params``."""
+  del params, batch_stats, step, config, total_steps
+  return method_state
