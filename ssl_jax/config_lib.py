@@ -58,6 +58,10 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
   # log interval (naming the step and the last good checkpoint); True skips the
   # update on the device and counts it in TrainState.skipped_updates.
   c.skip_nonfinite_updates = False
+  # No step finished for this long (evaluation and epoch hooks excepted): the
+  # process is wedged and exits with status 75 to be rerun (ssl_jax/watchdog.py).
+  # 0 disables it. It must exceed log_every_steps steps.
+  c.stall_timeout_minutes = 30.0
 
   c.model = ml_collections.ConfigDict(dict(
       depth=50, width_multiplier=1, base_width=64, stem="imagenet", norm="batch",

@@ -41,6 +41,7 @@ from ssl_jax import methods
 from ssl_jax import microbatch
 from ssl_jax import optim
 from ssl_jax import parallel
+from ssl_jax import watchdog
 from ssl_jax.parallel import BATCH_AXIS, GROUP_AXIS, make_mesh
 
 
@@ -296,6 +297,9 @@ def _config_errors(config) -> list[str]:
   for field in ("log_every_steps", "checkpoint_every_steps"):
     if config[field] < 1:
       errors.append(f"config.{field}={config[field]}: must be >= 1.")
+  if config.get("stall_timeout_minutes", 0) < 0:
+    errors.append(f"config.stall_timeout_minutes={config.stall_timeout_minutes}: must be >= 0 "
+                  "(0 disables the stall watchdog).")
   if (config.checkpoint_max_to_keep is not None  # None: orbax keeps every checkpoint
       and config.checkpoint_max_to_keep < MIN_CHECKPOINTS_KEPT):
     errors.append(f"config.checkpoint_max_to_keep={config.checkpoint_max_to_keep}: must be >= "
@@ -484,11 +488,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   validate_config(config)
   check_workdir(workdir)
-  with PreemptionNotice() as notice:
-    return _train(config, workdir, stop_at_step, notice)
+  stall = watchdog.StallWatchdog(60 * config.get("stall_timeout_minutes", 0))
+  with PreemptionNotice() as notice, stall:
+    return _train(config, workdir, stop_at_step, notice, stall)
 
 
-def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNotice) -> dict:
+def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNotice,
+           stall: watchdog.StallWatchdog) -> dict:
   method = methods.get_method(config.method)
   mesh = run_mesh(config, method)
   info = data.dataset_info(config.data)
@@ -504,6 +510,7 @@ def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNot
   state = create_train_state(config, method, tx, mesh)
   check_free_space(workdir, state)
   manager = checkpoint.make_manager(workdir, max_to_keep=config.checkpoint_max_to_keep)
+  stall.before_exit(lambda: checkpoint.wait_until_finished(manager))
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   restored = checkpoint.restore_latest(manager, abstract)
@@ -532,8 +539,9 @@ def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNot
   knn_every = int(round(config.knn.every_epochs * steps_per_epoch)) if config.knn.every_epochs else 0
 
   def run_knn(step):
-    acc = evaluate.knn_accuracy(feature_fn, state.params, state.batch_stats, config, mesh,
-                                info.num_classes)
+    with stall.paused():
+      acc = evaluate.knn_accuracy(feature_fn, state.params, state.batch_stats, config, mesh,
+                                  info.num_classes)
     writer.write(step, {"knn_top1": acc})
     return acc
 
@@ -553,10 +561,12 @@ def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNot
     if hasattr(method, "epoch_start") and step % steps_per_epoch == 0:
       # The method's epoch-start hook (DeepCluster's re-clustering, SwAV's queue
       # start): all it computes goes into the state, so a resume is exact.
-      state = epoch_hooks.run_epoch_start(method, state, config=config, mesh=mesh, tx=tx,
-                                          step=step, steps_per_epoch=steps_per_epoch,
-                                          writer=writer)
+      with stall.paused():
+        state = epoch_hooks.run_epoch_start(method, state, config=config, mesh=mesh, tx=tx,
+                                            step=step, steps_per_epoch=steps_per_epoch,
+                                            writer=writer)
     state, metrics = step_fn(state, _put_batch(next(batches), sharding))
+    stall.beat()  # the host runs ahead; it blocks (no beats) at the next log if the step hangs
     # Start each step's (tiny) metrics transfer as soon as the step finishes, so
     # the fetch at the log interval finds them on the host and does not wait.
     jax.tree.map(lambda x: x.copy_to_host_async(), metrics)
@@ -570,6 +580,12 @@ def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNot
       fetched = jax.device_get(pending)
       pending = []
       now = time.perf_counter()
+      if (stall.timeout_seconds and last_log_step > start_step  # not the compiling interval
+          and now - last_log_time > stall.timeout_seconds / 2):
+        logging.warning("Steps %d-%d took %.0f s, over half of config.stall_timeout_minutes="
+                        "%.4g: raise it (or lower log_every_steps), or the stall watchdog may "
+                        "end a slow but healthy run.", last_log_step + 1, done,
+                        now - last_log_time, stall.timeout_seconds / 60)
       step_time = (now - last_log_time) / max(1, done - last_log_step)
       bad_step = _first_nonfinite(fetched, last_log_step)
       last_log_time, last_log_step = now, done
@@ -615,8 +631,9 @@ def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNot
   if (end_step == total_steps > start_step and jax.process_count() == 1
       and not results["preempted"]):
     # The 2-D PCA map of the test features (at most plots.MAX_POINTS of them).
-    plots.write_feature_map(workdir, config, state.params, state.batch_stats, mesh,
-                            step=total_steps)
+    with stall.paused():
+      plots.write_feature_map(workdir, config, state.params, state.batch_stats, mesh,
+                              step=total_steps)
   checkpoint.wait_until_finished(manager)
   manager.close()
   writer.close(plot=True)

@@ -480,6 +480,8 @@ STATIC_CASES = {
     "keep_only_one_checkpoint": (_set("checkpoint_max_to_keep", 1),
                                  "config.checkpoint_max_to_keep=1: must be >= 2"),
     "negative_seed": (_set("seed", -1), "config.seed=-1"),
+    "negative_stall_timeout": (_set("stall_timeout_minutes", -1.0),
+                               "config.stall_timeout_minutes=-1.0: must be >= 0"),
     "microbatches_not_dividing": (_set("microbatches", 3), "config.microbatches=3 must divide"),
     "unknown_optimizer": (_raw("optim.name", "adam"), "config.optim.name='adam': unknown"),
     "negative_lr": (_set("optim.base_learning_rate", -0.1), "config.optim.base_learning_rate"),

@@ -80,3 +80,25 @@ def test_cpu_devices_flags_added_once_and_accepted_by_xla(monkeypatch):
                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
                        text=True, timeout=120, check=True)
   assert out.stdout.strip().splitlines()[-1] == "3"
+
+
+@pytest.mark.parametrize("max_restarts,status,runs", [(None, 0, 3), ("1", 75, 2)])
+def test_pretrain_local_reruns_a_stalled_run(tmp_path, max_restarts, status, runs):
+  """Exit status 75 (the stall watchdog) is rerun, at most MAX_RESTARTS times; 0 ends it."""
+  venv, count = tmp_path / "venv", tmp_path / "runs"
+  (venv / "bin").mkdir(parents=True)
+  python = venv / "bin" / "python"
+  # pip: succeed; ssl_jax.main: exit 75 on the first two runs, then 0.
+  python.write_text(f'#!/usr/bin/env bash\n[ "$2" = pip ] && exit 0\necho "$*" >> {count}\n'
+                    f'[ "$(wc -l < {count})" -le 2 ] && exit 75\nexit 0\n')
+  python.chmod(0o755)
+  env = dict(os.environ, SSL_JAX_VENV=str(venv))
+  env.pop("MAX_RESTARTS", None)
+  if max_restarts is not None:
+    env["MAX_RESTARTS"] = max_restarts
+  proc = subprocess.run(["bash", os.path.join(REPO, "launch", "pretrain_local.sh"), "--x=1"],
+                        env=env, capture_output=True, text=True, timeout=60)
+  assert proc.returncode == status, proc.stderr
+  lines = count.read_text().splitlines()
+  assert len(lines) == runs and all("-m ssl_jax.main" in line and "--x=1" in line for line in lines)
+  assert proc.stderr.count("the run stalled (exit 75)") == runs - 1
