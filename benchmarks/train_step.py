@@ -122,6 +122,7 @@ def bench_one(method_name, depth, batch_size, microbatches, remat, mesh, ceiling
   config.batch_size = batch_size
   method = methods.get_method(method_name)
   config.optim.warmup_epochs = 0.0
+  train.validate_config(config)  # e.g. micro-batches a method cannot take: one clear line
   tx, schedule = optim.make_optimizer(config.optim, total_steps=1000, steps_per_epoch=100,
                                       batch_size=batch_size)
   state = train.create_train_state(config, method, tx, mesh)

@@ -113,10 +113,7 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
   extra_args = {}
   if getattr(method, "USES_EXAMPLE_INDEX", False):
     # Methods with per-example state (DeepCluster's pseudo-labels and memory bank)
-    # also get each example's dataset index; they run without micro-batches.
-    if config.get("microbatches", 1) != 1:
-      raise ValueError(f"config.method={config.method!r} keeps per-example state and does not "
-                       "support config.microbatches > 1; set it to 1.")
+    # also get each example's dataset index; validate_config refuses micro-batches.
     extra_args["example_index"] = batch["index"]
   if getattr(method, "USES_STEP", False):  # e.g. SwAV's queue, which starts at a step
     extra_args["step"] = state.step
