@@ -8,15 +8,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/venv.sh
+max_restarts=${MAX_RESTARTS:-3}
 restarts=0
 while true; do
   status=0
   "$PY" -m ssl_jax.main --config=configs/simclr.py:digits \
     --workdir="${WORKDIR:-runs/simclr_digits}" "$@" || status=$?
-  if [ "$status" -eq 75 ] && [ "$restarts" -lt "${MAX_RESTARTS:-3}" ]; then
+  if [ "$status" -eq 75 ] && [ "$restarts" -lt "$max_restarts" ]; then
     restarts=$((restarts + 1))
     echo "ssl_jax: the run stalled (exit 75); resuming from its last checkpoint" \
-      "(restart $restarts of ${MAX_RESTARTS:-3})." >&2
+      "(restart $restarts of $max_restarts)." >&2
     continue
   fi
   exit "$status"

@@ -577,12 +577,6 @@ def _train(config, workdir: str, stop_at_step: int | None, notice: PreemptionNot
       fetched = jax.device_get(pending)
       pending = []
       now = time.perf_counter()
-      if (stall.timeout_seconds and last_log_step > start_step  # not the compiling interval
-          and now - last_log_time > stall.timeout_seconds / 2):
-        logging.warning("Steps %d-%d took %.0f s, over half of config.stall_timeout_minutes="
-                        "%.4g: raise it (or lower log_every_steps), or the stall watchdog may "
-                        "end a slow but healthy run.", last_log_step + 1, done,
-                        now - last_log_time, stall.timeout_seconds / 60)
       step_time = (now - last_log_time) / max(1, done - last_log_step)
       bad_step = _first_nonfinite(fetched, last_log_step)
       last_log_time, last_log_step = now, done

@@ -47,6 +47,7 @@ class StallWatchdog:
     self._poll = poll_seconds or max(0.05, min(10.0, self.timeout_seconds / 10))
     self._last = None  # armed by the first beat: compiling the first step is not a stall
     self._paused = 0
+    self._warned_slow = False
     self._lock = threading.Lock()
     self._stop = threading.Event()
     self._thread = None
@@ -57,8 +58,17 @@ class StallWatchdog:
     self._before_exit = (fn, timeout_seconds)
 
   def beat(self) -> None:
-    """The loop made progress."""
-    self._last = time.monotonic()
+    """The loop made progress. Warns once when a gap between beats (paused time
+    excepted) took over half the timeout: a slow but healthy run close to being ended."""
+    now = time.monotonic()
+    last, self._last = self._last, now
+    if (self.timeout_seconds > 0 and last is not None and not self._warned_slow
+        and now - last > self.timeout_seconds / 2):
+      self._warned_slow = True
+      logging.warning("The training loop went %.0f s without a step, over half of "
+                      "config.stall_timeout_minutes=%.4g: raise it (or lower log_every_steps), "
+                      "or the stall watchdog may end a slow but healthy run.", now - last,
+                      self.timeout_seconds / 60)
 
   @contextlib.contextmanager
   def paused(self):
@@ -71,7 +81,7 @@ class StallWatchdog:
       with self._lock:
         self._paused -= 1
       if self._last is not None:
-        self.beat()
+        self._last = time.monotonic()  # the clock restarts; paused time is not a gap
 
   def _watch(self) -> None:
     while not self._stop.wait(self._poll):

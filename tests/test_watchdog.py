@@ -1,5 +1,6 @@
 """The stall watchdog: fires on a wedged loop (and only then); a wedged run exits 75 and resumes."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -43,6 +44,29 @@ def test_silent_while_beating_paused_or_before_the_first_beat():
   def compiling(dog):  # not armed yet: the first step's compilation
     time.sleep(0.5)
   assert not _watch(0.1, compiling)
+
+
+def test_warns_once_on_a_slow_gap_but_not_on_paused_time(caplog):
+  def paused_only(dog):
+    dog.beat()
+    with dog.paused():
+      time.sleep(0.5)  # paused: not a gap, even though it exceeds the timeout
+    dog.beat()
+
+  def slow(dog):
+    for _ in range(3):
+      dog.beat()
+      time.sleep(0.3)  # over half of the 0.4-s timeout, under the timeout
+    dog.beat()
+
+  def slow_warnings():
+    return [r for r in caplog.records if "without a step" in r.getMessage()]
+
+  with caplog.at_level(logging.WARNING):
+    assert not _watch(0.4, paused_only)
+    assert not slow_warnings()
+    assert not _watch(0.4, slow)
+    assert len(slow_warnings()) == 1
 
 
 def test_disabled_by_zero():
