@@ -184,6 +184,53 @@ def table(rows: list[dict], seeds: int) -> str:
           "1000 epochs, batch 256, full CIFAR-10 on GPUs (not this budget).\n")
 
 
+RUN_RECORD = "reproduce_run.json"
+
+
+def run_once(method: str, config, workdir: str, seed: int, evaluate) -> dict | None:
+  """Pre-trains and evaluates one (method, seed), or reuses the record of a finished one.
+
+  The record (``workdir/reproduce_run.json``) is written once both the checkpoint
+  and the requested protocols are done, so an interrupted table resumes: a
+  finished run is read back, a half-trained one resumes from its checkpoint,
+  and a protocol missing from an older record (e.g. ``linear`` after a
+  ``--protocols=knn`` pass) is run on the existing checkpoint. A record from
+  another budget is refused rather than mixed into the table.
+  """
+  from ssl_jax import train  # pylint: disable=g-import-not-at-top
+  budget = describe(config)
+  path = os.path.join(workdir, RUN_RECORD)
+  record = None
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      record = json.load(f)
+    if record.get("budget") != budget or record.get("seed") != seed:
+      raise ValueError(
+          f"{path} is from another run ({record.get('budget')!r}, seed {record.get('seed')}), "
+          f"not {budget!r}, seed {seed}: pass a fresh --out or delete {workdir}.")
+  if record is None:
+    t0 = time.perf_counter()
+    if method == "random init":
+      save_random_init(config, workdir)
+    elif train.train_and_evaluate(config, workdir)["preempted"]:
+      return None
+    record = {"method": method, "seed": seed, "budget": budget,
+              "train_s": time.perf_counter() - t0, "knn20": float("nan"),
+              "knn200": float("nan"), "linear1": float("nan"), "linear5": float("nan")}
+  eval_config = evaluate.default_config()
+  eval_config.seed = seed
+  eval_config.linear.solver = "lbfgs"
+  if "knn" in _PROTOCOLS.value and np.isnan(record["knn20"]):
+    knn = evaluate.knn_protocol(workdir, eval_config)["metrics"]
+    record.update(knn20=knn["top1_k20"], knn200=knn["top1_k200"])
+  if "linear" in _PROTOCOLS.value and np.isnan(record["linear1"]):
+    lin = evaluate.linear_protocol(workdir, eval_config)["metrics"]
+    record.update(linear1=lin["top1"], linear5=lin["top5"])
+  from ssl_jax import files  # pylint: disable=g-import-not-at-top
+  files.write_text(path, json.dumps(record, indent=2))
+  return record
+
+
 def main(argv):
   del argv
   methods = available_methods() if _METHODS.value is None else _METHODS.value
@@ -213,42 +260,29 @@ def main(argv):
     return
 
   from ssl_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from ssl_jax import train  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   grouped: dict[tuple[str, str], dict] = {}
   for method, dataset, seed, workdir in plan:
     config = run_config(_config_name(method), dataset, seed)
-    t0 = time.perf_counter()
-    if method == "random init":
-      save_random_init(config, workdir)
-    elif train.train_and_evaluate(config, workdir)["preempted"]:
+    record = run_once(method, config, workdir, seed, evaluate)
+    if record is None:
       # SIGTERM: the run saved a checkpoint; rerunning the same command resumes it.
       print(f"Preempted during {method} on {dataset}, seed {seed}; rerun to resume.")
       return
-    train_s = time.perf_counter() - t0
-    eval_config = evaluate.default_config()
-    eval_config.seed = seed
-    eval_config.linear.solver = "lbfgs"
-    nan = {"top1_k20": float("nan"), "top1_k200": float("nan"), "top1": float("nan"),
-           "top5": float("nan")}
-    knn = (evaluate.knn_protocol(workdir, eval_config)["metrics"]
-           if "knn" in _PROTOCOLS.value else nan)
-    lin = (evaluate.linear_protocol(workdir, eval_config)["metrics"]
-           if "linear" in _PROTOCOLS.value else nan)
     row = grouped.setdefault((method, dataset), {
         "method": method, "dataset": dataset, "knn20": [],
         "budget": describe(config) if method != "random init" else "no pre-training",
         "knn200": [], "linear1": [], "linear5": [], "train_s": []})
-    row["knn20"].append(knn["top1_k20"])
-    row["knn200"].append(knn["top1_k200"])
-    row["linear1"].append(lin["top1"])
-    row["linear5"].append(lin["top5"])
-    row["train_s"].append(train_s)
-    print(f"done {method} {dataset} seed {seed}: kNN20 {knn['top1_k20']:.4f} linear "
-          f"{lin['top1']:.4f} ({train_s:.0f} s pre-training)", flush=True)
+    for key in ("knn20", "knn200", "linear1", "linear5", "train_s"):
+      row[key].append(record[key])
+    print(f"done {method} {dataset} seed {seed}: kNN20 {record['knn20']:.4f} linear "
+          f"{record['linear1']:.4f} ({record['train_s']:.0f} s pre-training)", flush=True)
   wall = time.perf_counter() - start
   md = table(list(grouped.values()), len(seeds))
-  md += f"Hardware: {hardware}. Total wall time: {wall / 60:.1f} min.\n"
+  pretrain_min = sum(sum(r["train_s"]) for r in grouped.values()) / 60
+  md += (f"Hardware: {hardware}. Pre-training time summed over the runs: {pretrain_min:.1f} "
+         f"min; this invocation's wall time (evaluation included, finished runs read "
+         f"back): {wall / 60:.1f} min.\n")
   os.makedirs(_OUT.value, exist_ok=True)
   with open(os.path.join(_OUT.value, "reproduce.md"), "w", encoding="utf-8") as f:
     f.write(md)
