@@ -27,6 +27,12 @@ m times smaller, and its running averages take m updates per step. Results
 then differ from a full-batch step exactly as a smaller per-device batch does;
 with GroupNorm + Weight Standardization (``config.model.norm='group_ws'``) and
 heads without BN they are the full-batch results.
+
+Extra loss arguments (``loss_kwargs``: the trainer's ``step`` for ``USES_STEP``
+methods, ``example_index`` for ``USES_EXAMPLE_INDEX`` ones) reach the loss
+either way: whole to ``loss_from_embeddings`` (it sees the whole batch), and
+to each chunk's ``loss_fn`` with every array of rank >= 1 split along its
+leading (example) axis like the views, scalars passed as they are.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ def merge(tree):
 
 
 def gradient_cache(method, params, batch_stats, method_state, views, key, *, config,
-                   axis_name, num_chunks: int):
+                   axis_name, num_chunks: int, loss_kwargs=None):
   """``value_and_grad`` of a batch-coupled loss in ``num_chunks`` chunks (module docstring).
 
   Args:
@@ -82,7 +88,7 @@ def gradient_cache(method, params, batch_stats, method_state, views, key, *, con
   # (2) The exact loss of the whole batch and its gradient w.r.t. the embeddings.
   def loss_of(e):
     return method.loss_from_embeddings(e, method_state, key, config=config,
-                                       axis_name=axis_name)
+                                       axis_name=axis_name, **(loss_kwargs or {}))
 
   (loss, (new_method_state, metrics)), embedding_grads = jax.value_and_grad(
       loss_of, has_aux=True)(embeddings)
@@ -102,7 +108,7 @@ def gradient_cache(method, params, batch_stats, method_state, views, key, *, con
 
 
 def gradient_accumulation(method, params, batch_stats, method_state, views, key, *, config,
-                          axis_name, num_chunks: int):
+                          axis_name, num_chunks: int, loss_kwargs=None):
   """``value_and_grad`` of a per-example-mean loss, accumulated over ``num_chunks`` chunks.
 
   Returns:
@@ -112,28 +118,35 @@ def gradient_accumulation(method, params, batch_stats, method_state, views, key,
   """
   chunks = split(list(views), num_chunks)
   keys = jax.random.split(key, num_chunks)
+  loss_kwargs = dict(loss_kwargs or {})
+  per_example = split({k: v for k, v in loss_kwargs.items() if jnp.ndim(v) >= 1}, num_chunks)
+  shared = {k: v for k, v in loss_kwargs.items() if jnp.ndim(v) == 0}
 
   def micro_step(carry, inputs):
     stats, state = carry
-    chunk, chunk_key = inputs
+    chunk, chunk_key, chunk_kwargs = inputs
     (loss, (stats, state, metrics)), grads = jax.value_and_grad(
         method.loss_fn, has_aux=True)(params, stats, state, chunk, chunk_key, config=config,
-                                      axis_name=axis_name)
+                                      axis_name=axis_name, **shared, **chunk_kwargs)
     return (stats, state), (loss, metrics, grads)
 
   (batch_stats, method_state), (losses, metrics, grads) = jax.lax.scan(
-      micro_step, (batch_stats, method_state), (chunks, keys))
+      micro_step, (batch_stats, method_state), (chunks, keys, per_example))
   mean = lambda tree: jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
   return (jnp.mean(losses), (batch_stats, method_state, mean(metrics))), mean(grads)
 
 
 def value_and_grad(method, params, batch_stats, method_state, views, key, *, config,
-                   axis_name, num_chunks: int = 1):
-  """The step's ``value_and_grad`` of ``method.loss_fn``, in micro-batches if asked."""
+                   axis_name, num_chunks: int = 1, loss_kwargs=None):
+  """The step's ``value_and_grad`` of ``method.loss_fn``, in micro-batches if asked.
+
+  ``loss_kwargs``: extra keyword arguments of the loss (module docstring).
+  """
   if num_chunks == 1:
     return jax.value_and_grad(method.loss_fn, has_aux=True)(
-        params, batch_stats, method_state, views, key, config=config, axis_name=axis_name)
+        params, batch_stats, method_state, views, key, config=config, axis_name=axis_name,
+        **(loss_kwargs or {}))
   technique = (gradient_cache if hasattr(method, "loss_from_embeddings")
                else gradient_accumulation)
   return technique(method, params, batch_stats, method_state, views, key, config=config,
-                   axis_name=axis_name, num_chunks=num_chunks)
+                   axis_name=axis_name, num_chunks=num_chunks, loss_kwargs=loss_kwargs)

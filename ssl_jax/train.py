@@ -16,7 +16,6 @@ import shutil
 import signal
 import threading
 import time
-import types
 from typing import Any, Iterator
 
 from absl import logging
@@ -110,19 +109,17 @@ def train_step(state: TrainState, batch: dict, *, method, config, recipes, tx, s
     views = make_views(example_keys, images, recipes, config=config)
   loss_key = jax.random.fold_in(loss_key, jax.lax.axis_index(axis_name))
 
-  extra_args = {}
+  loss_kwargs = {}
   if getattr(method, "USES_EXAMPLE_INDEX", False):
     # Methods with per-example state (DeepCluster's pseudo-labels and memory bank)
     # also get each example's dataset index; validate_config refuses micro-batches.
-    extra_args["example_index"] = batch["index"]
+    loss_kwargs["example_index"] = batch["index"]
   if getattr(method, "USES_STEP", False):  # e.g. SwAV's queue, which starts at a step
-    extra_args["step"] = state.step
-  loss_method = method
-  if extra_args:
-    loss_method = types.SimpleNamespace(loss_fn=functools.partial(method.loss_fn, **extra_args))
+    loss_kwargs["step"] = state.step
   (loss, (batch_stats, method_state, metrics)), grads = microbatch.value_and_grad(
-      loss_method, state.params, state.batch_stats, state.method_state, views, loss_key,
-      config=config, axis_name=axis_name, num_chunks=config.get("microbatches", 1))
+      method, state.params, state.batch_stats, state.method_state, views, loss_key,
+      config=config, axis_name=axis_name, num_chunks=config.get("microbatches", 1),
+      loss_kwargs=loss_kwargs)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   if hasattr(method, "project_params"):  # e.g. SwAV: prototypes back onto the unit sphere

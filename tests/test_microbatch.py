@@ -9,6 +9,7 @@ from __future__ import annotations
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -87,3 +88,60 @@ def test_split_rejects_uneven_chunks():
   with pytest.raises(ValueError, match="config.microbatches=3"):
     microbatch.split([np.zeros((4, 2))], 3)
   assert microbatch.merge(microbatch.split([np.arange(6)], 3))[0].tolist() == list(range(6))
+
+
+def _weighted_square_method(cached: bool):
+  """A toy linear method whose loss takes the trainer's extra arguments: a scalar
+  ``step`` and a per-example ``weight`` [n] (like ``example_index``)."""
+
+  def embed(params, batch_stats, views, *, config, axis_name):
+    del config, axis_name
+    return tuple(v.reshape(v.shape[0], -1) @ params for v in views), batch_stats
+
+  def loss_from_embeddings(embeddings, method_state, key, *, config, axis_name, step, weight):
+    del key, config, axis_name
+    z = jnp.concatenate(embeddings)  # one embedding per view, each [n, 3]
+    w = jnp.concatenate([weight, weight])  # one weight per example, for both views
+    loss = (1.0 + step) * jnp.mean(w * jnp.sum(z ** 2, axis=-1))
+    return loss, (method_state, {"loss": loss})
+
+  def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name, step,
+              weight):
+    embeddings, batch_stats = embed(params, batch_stats, views, config=config,
+                                    axis_name=axis_name)
+    loss, (method_state, metrics) = loss_from_embeddings(
+        embeddings, method_state, key, config=config, axis_name=axis_name, step=step,
+        weight=weight)
+    return loss, (batch_stats, method_state, metrics)
+
+  parts = dict(loss_fn=loss_fn)
+  if cached:
+    parts.update(embed=embed, loss_from_embeddings=loss_from_embeddings)
+  return types.SimpleNamespace(**parts)
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["gradient_cache", "accumulation"])
+def test_extra_loss_arguments_reach_the_loss_in_micro_batches(cached):
+  rng = np.random.default_rng(0)
+  params = jnp.asarray(rng.normal(size=(12, 3)), jnp.float32)
+  views = [jnp.asarray(rng.normal(size=(8, 2, 2, 3)), jnp.float32) for _ in range(2)]
+  kwargs = dict(step=jnp.asarray(2, jnp.int32),
+                weight=jnp.asarray(rng.uniform(0.5, 2.0, size=8), jnp.float32))
+  method = _weighted_square_method(cached)
+
+  def run(num_chunks):
+    return microbatch.value_and_grad(
+        method, params, {}, {}, views, jax.random.key(0), config=None, axis_name=None,
+        num_chunks=num_chunks, loss_kwargs=kwargs)
+
+  (loss, _), grads = run(4)
+  # float64 reference: L = (1 + step) * mean_i w_i * ||x_i W||^2 over both views.
+  x = np.concatenate([np.asarray(v, np.float64).reshape(8, -1) for v in views])
+  w = np.concatenate([np.asarray(kwargs["weight"], np.float64)] * 2)
+  z = x @ np.asarray(params, np.float64)
+  ref_loss = 3.0 * np.mean(w * np.sum(z ** 2, axis=-1))
+  ref_grads = 3.0 * 2.0 * x.T @ (w[:, None] * z) / len(w)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  np.testing.assert_allclose(grads, ref_grads, rtol=1e-4, atol=1e-6)
+  (full_loss, _), _ = run(1)
+  np.testing.assert_allclose(loss, full_loss, rtol=1e-5)

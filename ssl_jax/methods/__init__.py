@@ -46,6 +46,8 @@ Optional parts (the trainer calls them only when a method defines them):
       ``loss_fn`` split in two, for batch-coupled losses (SimCLR): lets
       ``config.microbatches`` use gradient caching (``ssl_jax.microbatch``)
       instead of accumulation, so the loss stays that of the whole batch.
+      With ``USES_STEP`` / ``USES_EXAMPLE_INDEX`` it gets ``step`` /
+      ``example_index`` as ``loss_fn`` does.
   make_views(example_keys, images, recipes, *, config) -> views
       Replaces the step's ``augment.views(example_keys, images, recipes)`` for
       methods whose inputs are not plain augmented views (Jigsaw's shuffled
