@@ -17,7 +17,6 @@ Compiling a ResNet-50 step for 64 chips takes minutes on a CPU host.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 
@@ -25,6 +24,7 @@ from absl import app
 from absl import flags
 
 from ssl_jax import aot
+from ssl_jax import config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGENET_TRAIN = 1_281_167
@@ -44,11 +44,8 @@ _EPOCHS = flags.DEFINE_float("epochs", 0.0, "Epochs for the time bound (0: the c
 
 
 def _config(method):
-  spec = importlib.util.spec_from_file_location(method, os.path.join(REPO, "configs",
-                                                                     f"{method}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("imagenet2012")
+  return config_lib.load_module(os.path.join(REPO, "configs", f"{method}.py")).get_config(
+      "imagenet2012")
 
 
 def plan(method: str, topology: str) -> dict:

@@ -26,7 +26,6 @@ from ssl_jax import cpu_devices  # noqa: E402  (before JAX is imported)
 
 cpu_devices.configure()
 
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import tarfile  # noqa: E402
@@ -35,6 +34,8 @@ import time  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
+
+from ssl_jax import config_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_CIFAR10 = os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz")
@@ -74,11 +75,7 @@ def available_methods() -> list[str]:
 
 
 def load_config(method: str, variant: str):
-  spec = importlib.util.spec_from_file_location(
-      f"config_{method}", os.path.join(REPO, "configs", f"{method}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_lib.load_module(os.path.join(REPO, "configs", f"{method}.py")).get_config(variant)
 
 
 def cifar10_folder() -> str:

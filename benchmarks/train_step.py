@@ -23,7 +23,6 @@ from ssl_jax import cpu_devices  # noqa: E402  (before JAX is imported)
 cpu_devices.configure()
 
 import ctypes  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -36,6 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+from ssl_jax import config_lib  # noqa: E402
 from ssl_jax import methods  # noqa: E402
 from ssl_jax import optim  # noqa: E402
 from ssl_jax import train  # noqa: E402
@@ -90,11 +90,7 @@ def _release_free_memory() -> None:
 
 
 def load_config(method: str, variant: str):
-  spec = importlib.util.spec_from_file_location(method, os.path.join(REPO, "configs",
-                                                                     f"{method}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_lib.load_module(os.path.join(REPO, "configs", f"{method}.py")).get_config(variant)
 
 
 def matmul_ceiling(mesh, n: int = 2048, repeats: int = 5) -> float:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 import difflib
+import importlib.util
+import os
 
 import ml_collections
 
@@ -86,6 +88,18 @@ def parse_variant(arg: str | None, known: tuple[str, ...], default: str) -> tupl
         f"Unknown config variant {sorted(unknown) or datasets}: use one of {list(known)}, "
         "optionally followed by ',runlocal' (e.g. configs/simclr.py:cifar10,runlocal).")
   return (datasets[0] if datasets else default), flags
+
+
+def load_module(path: str):
+  """The config file at ``path`` as a module (``configs/`` is not a package); its
+  ``get_config(variant)`` is what ``--config=path:variant`` loads. For scripts and tests."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No config file at {path}: configs are configs/<method>.py.")
+  name = "ssl_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def apply_runlocal(c: ml_collections.ConfigDict) -> None:

@@ -7,7 +7,6 @@ heads of width 16/8, global batch 16.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import tempfile
@@ -18,6 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ssl_jax import augment
+from ssl_jax import config_lib
 from ssl_jax import methods
 from ssl_jax import optim
 from ssl_jax import train
@@ -37,11 +37,7 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 def load_config_module(name: str):
   """configs/<name>.py as a module (configs/ is not a package)."""
-  spec = importlib.util.spec_from_file_location(
-      f"configs_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_module(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def tiny_config(method: str, data_dir: str, variant: str = "digits", **overrides):

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from ssl_jax import config_lib
 from ssl_jax import data
 from ssl_jax import methods
 from ssl_jax import optim
@@ -225,14 +226,9 @@ def test_bad_batch_size_fails_before_compute(data_dir, tmp_path):
 def test_every_method_config_fits_its_dataset(variant, shape, size):
   """Each method's dataset variant passes the data checks (view sizes, schedule) before
   anything runs, e.g. no view larger than the stored images (Jigsaw's 36-px CIFAR view did)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   for name in methods._METHODS:  # pylint: disable=protected-access
-    spec = importlib.util.spec_from_file_location(
-        f"config_{name}", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
-                                       f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(variant)
+    config = config_lib.load_module(os.path.join(
+        os.path.dirname(os.path.dirname(__file__)), "configs", f"{name}.py")).get_config(variant)
     info = data.DatasetInfo(name=config.data.name, num_classes=10, train_size=size,
                             eval_train_size=size, eval_test_size=1000, image_shape=shape)
     per_epoch = size // config.batch_size
