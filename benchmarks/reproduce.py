@@ -163,16 +163,23 @@ def _mean_std(values) -> str:
   return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
 
 
+def _images_per_sec(row: dict) -> str:
+  if not row["images"] or not np.mean(row["train_s"]):
+    return "-"
+  return f"{row['images'] / np.mean(row['train_s']):.0f}"
+
+
 def table(rows: list[dict], seeds: int) -> str:
   header = ("| method | dataset | budget | kNN top-1 k=20 | kNN top-1 k=200 | linear top-1 "
-            "(L-BFGS) | linear top-5 | pre-train min/run | solo-learn CIFAR-10 linear |\n"
-            "|---|---|---|---|---|---|---|---|---|\n")
+            "(L-BFGS) | linear top-5 | pre-train min/run | images/s | solo-learn CIFAR-10 "
+            "linear |\n|---|---|---|---|---|---|---|---|---|---|\n")
   lines = []
   for r in rows:
     lines.append(
         f"| {r['method']} | {r['dataset']} | {r['budget']} | {_mean_std(r['knn20'])} | "
         f"{_mean_std(r['knn200'])} | {_mean_std(r['linear1'])} | {_mean_std(r['linear5'])} | "
-        f"{np.mean(r['train_s']) / 60:.1f} | {SOLO_LEARN_CIFAR10.get(r['method'], '-')} |")
+        f"{np.mean(r['train_s']) / 60:.1f} | {_images_per_sec(r)} | "
+        f"{SOLO_LEARN_CIFAR10.get(r['method'], '-')} |")
   return (header + "\n".join(lines) +
           f"\n\nmean ± std over {seeds} seeds (protocol seed = pre-training seed); "
           "protocols: weighted kNN (Wu et al. 2018, T=0.07) on l2-normalised centre-crop "
@@ -194,7 +201,7 @@ def run_once(method: str, config, workdir: str, seed: int, evaluate) -> dict | N
   ``--protocols=knn`` pass) is run on the existing checkpoint. A record from
   another budget is refused rather than mixed into the table.
   """
-  from ssl_jax import train  # pylint: disable=g-import-not-at-top
+  from ssl_jax import metrics_io, train  # pylint: disable=g-import-not-at-top
   budget = describe(config)
   path = os.path.join(workdir, RUN_RECORD)
   record = None
@@ -206,13 +213,12 @@ def run_once(method: str, config, workdir: str, seed: int, evaluate) -> dict | N
           f"{path} is from another run ({record.get('budget')!r}, seed {record.get('seed')}), "
           f"not {budget!r}, seed {seed}: pass a fresh --out or delete {workdir}.")
   if record is None:
-    t0 = time.perf_counter()
     if method == "random init":
       save_random_init(config, workdir)
     elif train.train_and_evaluate(config, workdir)["preempted"]:
       return None
     record = {"method": method, "seed": seed, "budget": budget,
-              "train_s": time.perf_counter() - t0, "knn20": float("nan"),
+              "train_s": metrics_io.training_seconds(workdir), "knn20": float("nan"),
               "knn200": float("nan"), "linear1": float("nan"), "linear5": float("nan")}
   eval_config = evaluate.default_config()
   eval_config.seed = seed
@@ -269,7 +275,8 @@ def main(argv):
     row = grouped.setdefault((method, dataset), {
         "method": method, "dataset": dataset, "knn20": [],
         "budget": describe(config) if method != "random init" else "no pre-training",
-        "knn200": [], "linear1": [], "linear5": [], "train_s": []})
+        "knn200": [], "linear1": [], "linear5": [], "train_s": [],
+        "images": 0 if method == "random init" else config.total_steps * config.batch_size})
     for key in ("knn20", "knn200", "linear1", "linear5", "train_s"):
       row[key].append(record[key])
     print(f"done {method} {dataset} seed {seed}: kNN20 {record['knn20']:.4f} linear "

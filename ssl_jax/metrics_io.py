@@ -75,6 +75,23 @@ def read_metrics(workdir: str) -> list[dict]:
   return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
+def training_seconds(workdir: str) -> float:
+  """The training loop's time, from ``metrics.jsonl``: ``ms_per_step`` x the steps of each
+  log interval (compilation, checkpoints and epoch hooks included).
+
+  Unlike a clock around the whole run it stays right across preemption: the
+  intervals of every attempt add up, and a step logged twice (redone after a
+  resume from an older checkpoint) counts once, at its last timing.
+  """
+  ms_per_step = {r["step"]: r["ms_per_step"] for r in read_metrics(workdir)
+                 if "ms_per_step" in r}
+  total, previous = 0.0, 0
+  for step in sorted(ms_per_step):
+    total += ms_per_step[step] * (step - previous) / 1e3
+    previous = step
+  return total
+
+
 def plot_curves(workdir: str) -> str | None:
   """Loss, learning rate, kNN accuracy and collapse metrics against step -> ``curves.png``.
 

@@ -52,3 +52,21 @@ def test_metrics_and_results_without_append_as_on_gcs(tmp_path, monkeypatch):
   assert table.count("| knn |") == 2 and table.count("| protocol |") == 1
   assert json.loads((tmp_path / "run" / results.EVAL_DIR / "knn_digits.json").read_text())[
       "seed"] == 1
+
+
+def test_training_seconds_add_up_across_a_resume(tmp_path):
+  workdir = str(tmp_path / "run")
+  writer = metrics_io.MetricsWriter(workdir)
+  # Log every 50 steps; preempted at step 120 (logged and checkpointed there),
+  # resumed: the second attempt logs 150 and 200. Step 50's interval holds the compile.
+  for step, ms in ((50, 1000.0), (100, 20.0), (120, 30.0)):
+    writer.write(step, {"loss": 1.0, "ms_per_step": ms})
+  writer.close()
+  resumed = metrics_io.MetricsWriter(workdir)
+  resumed.drop_after(120)
+  for step, ms in ((150, 25.0), (200, 20.0)):
+    resumed.write(step, {"loss": 1.0, "ms_per_step": ms})
+  resumed.close()
+  expected = (50 * 1000 + 50 * 20 + 20 * 30 + 30 * 25 + 50 * 20) / 1e3
+  np.testing.assert_allclose(metrics_io.training_seconds(workdir), expected)
+  assert metrics_io.training_seconds(str(tmp_path / "never_trained")) == 0.0

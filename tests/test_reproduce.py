@@ -29,6 +29,7 @@ def test_finished_runs_are_read_back_and_missing_protocols_added(data_dir, tmp_p
   assert first.returncode == 0, first.stderr[-3000:]
   record = json.loads(record_path.read_text())
   assert 0.0 <= record["knn20"] <= 1.0 and math.isnan(record["linear1"])
+  assert record["train_s"] > 0  # from the loop's metrics.jsonl
   checkpoints = sorted(os.listdir(out / "simclr_digits_s0" / "checkpoints"))
 
   # The same table with the linear protocol too: no pre-training, kNN kept, linear added.
