@@ -62,27 +62,32 @@ def gradient_cache(method, params, batch_stats, method_state, views, key, *, con
   """``value_and_grad`` of a batch-coupled loss in ``num_chunks`` chunks (module docstring).
 
   Args:
-    method: a method module with ``embed(params, batch_stats, views, *, config,
-      axis_name) -> (embeddings, batch_stats)`` and ``loss_from_embeddings(
-      embeddings, method_state, key, *, config, axis_name) -> (loss,
-      (method_state, metrics))``.
+    method: a method module with ``embed(params, batch_stats, method_state, views, *,
+      config, axis_name) -> (embeddings, batch_stats, method_state)`` and
+      ``loss_from_embeddings(embeddings, method_state, key, *, config, axis_name)
+      -> (loss, (method_state, metrics))``. ``embed`` may update the method
+      state (MoCo v3: the momentum encoder's batch statistics) and return
+      embeddings computed without gradient (the momentum keys).
     views: this device's views, each [n, S, S, 3].
 
   Returns:
     ((loss, (batch_stats, method_state, metrics)), grads), as
-    ``jax.value_and_grad(method.loss_fn, has_aux=True)`` would.
+    ``jax.value_and_grad(method.loss_fn, has_aux=True)`` would. batch_stats and
+    the state ``embed`` updates are threaded chunk to chunk through pass (3).
   """
   chunks = split(list(views), num_chunks)
 
-  def embed(p, stats, chunk):
-    return method.embed(p, stats, chunk, config=config, axis_name=axis_name)
+  def embed(p, stats, state, chunk):
+    embeddings, stats, state = method.embed(p, stats, state, chunk, config=config,
+                                            axis_name=axis_name)
+    return embeddings, (stats, state)
 
   # (1) Embeddings of all chunks, no gradients, one chunk's activations at a time.
-  def forward(stats, chunk):
-    embeddings, _ = embed(params, stats, chunk)
-    return stats, jax.lax.stop_gradient(embeddings)
+  def forward(carry, chunk):
+    embeddings, carry = embed(params, *carry, chunk)
+    return carry, jax.lax.stop_gradient(embeddings)
 
-  _, chunk_embeddings = jax.lax.scan(forward, batch_stats, chunks)
+  _, chunk_embeddings = jax.lax.scan(forward, (batch_stats, method_state), chunks)
   embeddings = merge(chunk_embeddings)
 
   # (2) The exact loss of the whole batch and its gradient w.r.t. the embeddings.
@@ -94,16 +99,19 @@ def gradient_cache(method, params, batch_stats, method_state, views, key, *, con
       loss_of, has_aux=True)(embeddings)
 
   # (3) Chunk by chunk: recompute, pull the cached gradient back to the params.
+  # The state the loss returned is the starting point of embed's updates.
   def backward(carry, inputs):
-    grads, stats = carry
+    grads, stats, state = carry
     chunk, cotangent = inputs
-    _, vjp, new_stats = jax.vjp(lambda p: embed(p, stats, chunk), params, has_aux=True)
+    _, vjp, (stats, state) = jax.vjp(lambda p: embed(p, stats, state, chunk), params,
+                                     has_aux=True)
     (chunk_grads,) = vjp(cotangent)
-    return (jax.tree.map(jnp.add, grads, chunk_grads), new_stats), None
+    return (jax.tree.map(jnp.add, grads, chunk_grads), stats, state), None
 
   zeros = jax.tree.map(jnp.zeros_like, params)
-  (grads, batch_stats), _ = jax.lax.scan(
-      backward, (zeros, batch_stats), (chunks, split(embedding_grads, num_chunks)))
+  (grads, batch_stats, new_method_state), _ = jax.lax.scan(
+      backward, (zeros, batch_stats, new_method_state),
+      (chunks, split(embedding_grads, num_chunks)))
   return (loss, (batch_stats, new_method_state, metrics)), grads
 
 

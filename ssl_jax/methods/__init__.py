@@ -40,10 +40,14 @@ Optional parts (the trainer calls them only when a method defines them):
       The loss couples the examples of the global batch (in-batch negatives,
       Sinkhorn): without ``embed`` / ``loss_from_embeddings`` the trainer then
       refuses ``config.microbatches > 1`` (accumulation would change the loss).
-  embed(params, batch_stats, views, *, config, axis_name) -> (embeddings, batch_stats)
+  embed(params, batch_stats, method_state, views, *, config, axis_name)
+      -> (embeddings, batch_stats, method_state)
   loss_from_embeddings(embeddings, method_state, key, *, config, axis_name)
       -> (loss, (method_state, metrics))
-      ``loss_fn`` split in two, for batch-coupled losses (SimCLR): lets
+      ``loss_fn`` split in two, for batch-coupled losses (SimCLR, CPC, MoCo v3):
+      ``embed`` is per example (its embeddings have the examples on the leading
+      axis; it may update the method state, e.g. MoCo v3's momentum encoder
+      statistics, and return stop-gradient embeddings such as momentum keys). Lets
       ``config.microbatches`` use gradient caching (``ssl_jax.microbatch``)
       instead of accumulation, so the loss stays that of the whole batch.
       With ``USES_STEP`` / ``USES_EXAMPLE_INDEX`` it gets ``step`` /

@@ -226,8 +226,9 @@ def init(key, config, sample_images):
   return variables["params"], variables.get("batch_stats", {}), {}
 
 
-def embed(params, batch_stats, views, *, config, axis_name):
-  """(z, targets, predictions) of this device's patches (``CPCModel``), and batch_stats.
+def embed(params, batch_stats, method_state, views, *, config, axis_name):
+  """(z, targets, predictions) of this device's patches (``CPCModel``), batch_stats and
+  the method state (unchanged).
 
   Everything before the batch-coupled InfoNCE; per image (layer norm, and the
   context network sees one image's grid), so ``config.microbatches`` can use
@@ -236,7 +237,7 @@ def embed(params, batch_stats, views, *, config, axis_name):
   embeddings, updated = _model(config, axis_name).apply(
       {"params": params, "batch_stats": batch_stats}, views, train=True,
       mutable=["batch_stats"])
-  return embeddings, updated.get("batch_stats", {})
+  return embeddings, updated.get("batch_stats", {}), method_state
 
 
 def loss_from_embeddings(embeddings, method_state, key, *, config, axis_name):
@@ -260,8 +261,8 @@ def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name)
     (loss, (batch_stats, method_state, metrics)); metrics has ``cpc_accuracy``
     and the collapse diagnostics of the mean-pooled patch features.
   """
-  embeddings, batch_stats = embed(params, batch_stats, views, config=config,
-                                  axis_name=axis_name)
+  embeddings, batch_stats, method_state = embed(params, batch_stats, method_state, views,
+                                                config=config, axis_name=axis_name)
   loss, (method_state, metrics) = loss_from_embeddings(embeddings, method_state, key,
                                                        config=config, axis_name=axis_name)
   return loss, (batch_stats, method_state, metrics)

@@ -44,7 +44,8 @@ from ssl_jax.models import encoder as encoder_lib
 from ssl_jax.models import heads
 
 # The loss contrasts each query with the keys of the whole global batch (in-batch
-# negatives): micro-batches by gradient accumulation would change it (train.py).
+# negatives): micro-batches by gradient accumulation would change it, so they go by
+# gradient caching (embed / loss_from_embeddings; ssl_jax.microbatch).
 BATCH_COUPLED_LOSS = True
 
 
@@ -133,8 +134,47 @@ def contrastive_loss(query, key, temperature, axis_name=None):
   return loss if axis_name is None else jax.lax.pmean(loss, axis_name)
 
 
+def embed(params, batch_stats, method_state, views, *, config, axis_name):
+  """Per-example half of the loss: the query network's predictions q and projections z
+  (with gradient) and the momentum encoder's keys k (without), each [n, D] per view.
+
+  Returns:
+    ((q_1, q_2, k_1, k_2, z_1, z_2), batch_stats, method_state with the momentum
+    encoder's new batch statistics).
+  """
+  view_1, view_2 = views
+  n = view_1.shape[0]
+  images = jnp.concatenate([view_1, view_2])
+  query_net, momentum_net = _networks(config, axis_name)
+  (z, q), updated = query_net.apply({"params": params, "batch_stats": batch_stats}, images,
+                                    train=True, mutable=["batch_stats"])
+  momentum_vars = jax.lax.stop_gradient(method_state["momentum_encoder"])
+  (k, _), momentum_updated = momentum_net.apply(momentum_vars, images, train=True,
+                                                mutable=["batch_stats"])
+  k = jax.lax.stop_gradient(k.astype(jnp.float32))
+  q, z = q.astype(jnp.float32), z.astype(jnp.float32)
+  method_state = dict(method_state, momentum_encoder={
+      "params": method_state["momentum_encoder"]["params"],
+      "batch_stats": momentum_updated.get("batch_stats", {})})
+  embeddings = (q[:n], q[n:], k[:n], k[n:], z[:n], z[n:])
+  return embeddings, updated.get("batch_stats", {}), method_state
+
+
+def loss_from_embeddings(embeddings, method_state, key, *, config, axis_name):
+  """The batch-coupled half: ctr(q_1, k_2) + ctr(q_2, k_1) against the global batch's keys."""
+  del key
+  q_1, q_2, k_1, k_2, z_1, z_2 = embeddings
+  t = config.mocov3.temperature
+  loss = contrastive_loss(q_1, k_2, t, axis_name) + contrastive_loss(q_2, k_1, t, axis_name)
+  metrics = {"loss": loss, "momentum": method_state["momentum"],
+             **diagnostics.collapse_metrics(z_1, z_2, axis_name)}
+  return loss, (method_state, metrics)
+
+
 def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name):
-  """The symmetrised loss ctr(q_1, k_2) + ctr(q_2, k_1) of this device's views.
+  """The symmetrised loss ctr(q_1, k_2) + ctr(q_2, k_1) of this device's views
+  (``embed`` + ``loss_from_embeddings``; the split lets ``config.microbatches`` use
+  gradient caching, so the negatives stay those of the whole global batch).
 
   Args:
     params, batch_stats: the query network's {'encoder', 'projector', 'predictor'}.
@@ -147,28 +187,11 @@ def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name)
   Returns:
     (loss, (batch_stats, method_state, metrics)).
   """
-  del key
-  view_1, view_2 = views
-  n = view_1.shape[0]
-  images = jnp.concatenate([view_1, view_2])
-  query_net, momentum_net = _networks(config, axis_name)
-  (z, q), updated = query_net.apply({"params": params, "batch_stats": batch_stats}, images,
-                                    train=True, mutable=["batch_stats"])
-  momentum_vars = jax.lax.stop_gradient(method_state["momentum_encoder"])
-  (k, _), momentum_updated = momentum_net.apply(momentum_vars, images, train=True,
-                                                mutable=["batch_stats"])
-  k = jax.lax.stop_gradient(k.astype(jnp.float32))
-  q = q.astype(jnp.float32)
-  t = config.mocov3.temperature
-  loss = (contrastive_loss(q[:n], k[n:], t, axis_name)
-          + contrastive_loss(q[n:], k[:n], t, axis_name))
-  z = z.astype(jnp.float32)
-  metrics = {"loss": loss, "momentum": method_state["momentum"],
-             **diagnostics.collapse_metrics(z[:n], z[n:], axis_name)}
-  method_state = dict(method_state, momentum_encoder={
-      "params": method_state["momentum_encoder"]["params"],
-      "batch_stats": momentum_updated.get("batch_stats", {})})
-  return loss, (updated.get("batch_stats", {}), method_state, metrics)
+  embeddings, batch_stats, method_state = embed(params, batch_stats, method_state, views,
+                                                config=config, axis_name=axis_name)
+  loss, (method_state, metrics) = loss_from_embeddings(embeddings, method_state, key,
+                                                       config=config, axis_name=axis_name)
+  return loss, (batch_stats, method_state, metrics)
 
 
 def post_update(params, batch_stats, method_state, step, config, *, total_steps):

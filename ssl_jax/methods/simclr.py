@@ -67,8 +67,9 @@ def init(key, config, sample_images):
   return variables["params"], variables.get("batch_stats", {}), {}
 
 
-def embed(params, batch_stats, views, *, config, axis_name):
-  """Projections (z_1, z_2), float32 [n, projection_dim] each, and the new batch_stats.
+def embed(params, batch_stats, method_state, views, *, config, axis_name):
+  """Projections (z_1, z_2), float32 [n, projection_dim] each, the new batch_stats and
+  the method state (unchanged).
 
   Both views go through the network as one batch, so BatchNorm normalises over
   all 2n views (of all devices when ``axis_name`` is set), as the reference code.
@@ -79,7 +80,7 @@ def embed(params, batch_stats, views, *, config, axis_name):
       {"params": params, "batch_stats": batch_stats},
       jnp.concatenate([view_1, view_2]), train=True, mutable=["batch_stats"])
   z = z.astype(jnp.float32)
-  return (z[:n], z[n:]), updated.get("batch_stats", {})
+  return (z[:n], z[n:]), updated.get("batch_stats", {}), method_state
 
 
 def loss_from_embeddings(embeddings, method_state, key, *, config, axis_name):
@@ -107,8 +108,8 @@ def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name)
     ``embed`` + ``loss_from_embeddings`` are the same split in two, which lets
     ``config.microbatches`` use gradient caching (``ssl_jax.microbatch``).
   """
-  embeddings, batch_stats = embed(params, batch_stats, views, config=config,
-                                  axis_name=axis_name)
+  embeddings, batch_stats, method_state = embed(params, batch_stats, method_state, views,
+                                                config=config, axis_name=axis_name)
   loss, (method_state, metrics) = loss_from_embeddings(embeddings, method_state, key,
                                                        config=config, axis_name=axis_name)
   return loss, (batch_stats, method_state, metrics)
