@@ -46,7 +46,7 @@ def get_config(arg=None):
   c.augment.preset = "byol"
   c.augment.size = 224
 
-  if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
+  if dataset in config_lib.CIFAR_RECIPE_DATASETS:
     # BYOL has no CIFAR recipe. The CIFAR stem, ResNet-18 and no blur (preset
     # byol_cifar) as SimCLR's appendix B.9; the optimizer of solo-learn's CIFAR
     # BYOL (92.58% linear after 1000 epochs, scripts/pretrain/cifar/byol.yaml):

@@ -63,7 +63,7 @@ def get_config(arg=None):
   c.batch_size = 512
   c.total_epochs = 100.0
 
-  small_images = dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10")
+  small_images = dataset in config_lib.CIFAR_RECIPE_DATASETS
   if small_images:
     # Ours for 32-px images, proportional to the paper: 8-px patches, stride 4
     # (50% overlap) -> the same 7x7 grid, so the same offsets; ResNet-18 with

@@ -41,7 +41,7 @@ def get_config(arg=None):
   c.model.stem = "imagenet"
   c.augment.size = 224
 
-  if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
+  if dataset in config_lib.CIFAR_RECIPE_DATASETS:
     # No CIFAR recipe in the paper; our choice: ResNet-18 with the CIFAR stem,
     # k = 10 x the classes (the paper over-segments ImageNet 10x), 200 epochs.
     c.model.stem = "cifar"

@@ -47,7 +47,7 @@ def get_config(arg=None):
   c.augment.preset = "swav"
   c.augment.size = 224
 
-  if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
+  if dataset in config_lib.CIFAR_RECIPE_DATASETS:
     # No CIFAR recipe in the paper; our choice, as configs/swav.py: ResNet-18, CIFAR
     # stem, 2 x 32 + 4 x 18 crops, batch 256, --base_lr 0.6 --final_lr 0.0006 without
     # warm-up (the reference's batch-256 recipe), 3 heads of 10 x (classes) clusters.

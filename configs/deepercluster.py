@@ -53,7 +53,7 @@ def get_config(arg=None):
   c.augment.preset = "none"       # unused: view_recipes reads config.deepercluster
   c.augment.size = 224
 
-  if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
+  if dataset in config_lib.CIFAR_RECIPE_DATASETS:
     # No CIFAR recipe in the paper; our choice, as for DeepCluster: ResNet-18 with
     # the CIFAR stem, RGB input, k = 10 x the classes split over 4 super-clusters,
     # batch 256, 200 epochs.

@@ -58,7 +58,7 @@ def get_config(arg=None):
   c.augment.preset = "none"         # unused: view_recipes reads config.jigsaw
   c.augment.size = 225
 
-  if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
+  if dataset in config_lib.CIFAR_RECIPE_DATASETS:
     # Ours for 32-px images, proportional to the paper: a 30-px view (no larger
     # than the images, which the trainer and the kNN centre crop require),
     # 10-px cells, 8-px tiles (the paper: 64 of 75, a gap of 15%; here 20%), 1-px

@@ -42,7 +42,7 @@ def get_config(arg=None):
   c.augment.preset = "mocov2"
   c.augment.size = 224
 
-  if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
+  if dataset in config_lib.CIFAR_RECIPE_DATASETS:
     # The official MoCo CIFAR-10 demo (facebookresearch/moco colab): ResNet-18
     # with the CIFAR stem, batch 512, lr 0.06 (= 0.03 x 512/256), weight decay
     # 5e-4, K = 4096, m = 0.99, T = 0.1, 200 epochs; its augmentations are

@@ -42,7 +42,7 @@ def get_config(arg=None):
   c.augment.preset = "byol"
   c.augment.size = 224
 
-  if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
+  if dataset in config_lib.CIFAR_RECIPE_DATASETS:
     # No CIFAR recipe in the paper; as for BYOL/SimCLR: CIFAR stem, ResNet-18,
     # no blur (preset byol_cifar), batch 512; m 0.99 as the reference's
     # shorter (100/300-epoch) runs.

@@ -48,7 +48,7 @@ def get_config(arg=None):
   c.augment.preset = "none"       # unused: view_recipes reads config.rotnet
   c.augment.size = 224
 
-  if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
+  if dataset in config_lib.CIFAR_RECIPE_DATASETS:
     # Sec. 3.1 (CIFAR-10): SGD, batch 128, momentum 0.9, weight decay 5e-4, lr 0.1
     # dropped by a factor of 5 after 30, 60 and 80 of 100 epochs (the released
     # config/CIFAR10_RotNet_NIN4blocks.py: Nesterov, the same drops at 60/120/160

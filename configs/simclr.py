@@ -41,7 +41,7 @@ def get_config(arg=None):
   c.augment.preset = "simclr"     # colour strength 1.0, blur p=0.5 (appendix A)
   c.augment.size = 224
 
-  if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
+  if dataset in config_lib.CIFAR_RECIPE_DATASETS:
     # Appendix B.9 and the reference repo's CIFAR-10 command: CIFAR stem (3x3/1,
     # no max-pool), ResNet-18 there, colour strength 0.5, no blur, temperature
     # 0.5, batch 512, lr 1.0 x B/256, weight decay 1e-4, 1000 epochs.

@@ -43,7 +43,7 @@ def get_config(arg=None):
   c.augment.preset = "mocov2"
   c.augment.size = 224
 
-  if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
+  if dataset in config_lib.CIFAR_RECIPE_DATASETS:
     # Appendix D (CIFAR-10): ResNet-18 with the CIFAR stem, 2-layer projector,
     # SGD lr 0.03 x B/256, weight decay 5e-4, batch 512, 800 epochs; no blur
     # on 32 px images (preset 'simclr_cifar': jitter 0.4/0.4/0.4/0.1 p=0.8,

@@ -55,7 +55,7 @@ def get_config(arg=None):
   c.augment.preset = "swav"       # 2 x 224 (area 0.14-1) + 6 x 96 (area 0.05-0.14)
   c.augment.size = 224
 
-  if dataset in ("cifar10", "cifar100", "digits", "image_folder", "stl10"):
+  if dataset in config_lib.CIFAR_RECIPE_DATASETS:
     # No CIFAR recipe in the paper. Our choice: ResNet-18 with the CIFAR stem,
     # preset swav_cifar (2 x 32 + 4 x 18 crops), 500 prototypes (solo-learn keeps
     # 3000; with K > B the queue carries the equipartition), and the reference's

@@ -21,6 +21,10 @@ from ssl_jax import optim
 # The dataset variants every method config accepts (after the colon).
 DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagenet2012", "imagenette",
             "image_folder")
+# The variants that take each method's CIFAR recipe (the paper's CIFAR appendix where
+# it has one): ResNet-18 with the CIFAR stem on small images; stl10 and digits then
+# adjust the image size / the budget.
+CIFAR_RECIPE_DATASETS = ("cifar10", "cifar100", "digits", "image_folder", "stl10")
 
 
 def apply_digits(c: ml_collections.ConfigDict, *, batch_size: int | None = 256,
