@@ -18,6 +18,17 @@
   with an error, so a supervisor can rerun the job, which resumes from its last
   checkpoint. A 1-device run (``--xla_force_host_platform_device_count=1``)
   has no collectives at all.
+- With more than one device, each device's Eigen ops on ONE thread
+  (``--xla_cpu_multi_thread_eigen=false``). The third 2-device hang (SimSiam,
+  step ~120, 2026-12-01) left a native stack: device 0's all-reduce was running
+  as the continuation of a multi-threaded matmul ON an Eigen thread-pool
+  worker, blocking it in the rendezvous, while device 1 never arrived -- the
+  shape of a thread-pool starvation deadlock (device 1's own parallel ops need
+  the pool's workers). PyAutoFit #1528/#1530 report XLA:CPU wedges fixed by the
+  same flag. At one device per core it costs nothing: SimCLR's full-width step
+  on 2 devices, 15.5 images/s (55.7% MFU) with the pool, 16.5 (59.0%) without;
+  width 8, 286 images/s either way (benchmarks/train_step.py, one run each).
+  A 1-device run keeps the multi-threaded pool (no collectives to deadlock).
 
 Explicit settings in ``XLA_FLAGS`` win. No effect on GPU and TPU devices.
 """
@@ -26,6 +37,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 
 # Convolutions leave YNNPACK's list (its convolutions run on one thread).
 YNN_FUSION_TYPES = "-individual_convolution"
@@ -44,18 +56,22 @@ def _jaxlib_version() -> tuple[int, ...]:
 
 
 def configure(device_count: int | None = None) -> None:
-  """Adds the CPU device count, the convolution path and the collective timeouts to
-  ``XLA_FLAGS`` (each only if not set).
+  """Adds the CPU device count, the convolution path, the collective timeouts and (with
+  several devices) single-threaded Eigen ops to ``XLA_FLAGS`` (each only if not set).
 
   Args:
     device_count: simulated CPU devices (default: one per core).
   """
   flags = os.environ.get("XLA_FLAGS", "")
+  explicit = re.search(r"--xla_force_host_platform_device_count=(\d+)", flags)
+  count = int(explicit.group(1)) if explicit else (device_count or os.cpu_count() or 1)
   wanted = {
-      "xla_force_host_platform_device_count": device_count or os.cpu_count() or 1,
+      "xla_force_host_platform_device_count": count,
       "xla_cpu_collective_call_terminate_timeout_seconds": COLLECTIVE_ABORT_SECONDS,
       "xla_cpu_collective_call_warn_stuck_timeout_seconds": COLLECTIVE_WARN_SECONDS,
   }
+  if count > 1:  # no Eigen pool shared by the devices' collectives (module docstring)
+    wanted["xla_cpu_multi_thread_eigen"] = "false"
   if _jaxlib_version() >= YNN_MIN_JAXLIB:  # XLA aborts on a flag it does not know.
     wanted["xla_cpu_experimental_ynn_fusion_type"] = YNN_FUSION_TYPES
   for name, value in wanted.items():

@@ -74,12 +74,18 @@ def test_cpu_devices_flags_added_once_and_accepted_by_xla(monkeypatch):
   assert flags.count(f"--xla_cpu_collective_call_terminate_timeout_seconds="
                      f"{cpu_devices.COLLECTIVE_ABORT_SECONDS}") == 1
   assert flags.count(f"--xla_cpu_experimental_ynn_fusion_type={cpu_devices.YNN_FUSION_TYPES}") == 1
-  assert len(flags) == 4
+  # Several devices: each one's Eigen ops on one thread (no pool for collectives to starve).
+  assert flags.count("--xla_cpu_multi_thread_eigen=false") == 1
+  assert len(flags) == 5
   # XLA aborts on an unknown flag: a fresh process with these flags must start.
   out = subprocess.run([sys.executable, "-c", "import jax; print(jax.device_count())"],
                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
                        text=True, timeout=120, check=True)
   assert out.stdout.strip().splitlines()[-1] == "3"
+  # One device has no collectives: it keeps the multi-threaded Eigen pool.
+  monkeypatch.setenv("XLA_FLAGS", "")
+  cpu_devices.configure(1)
+  assert "multi_thread_eigen" not in os.environ["XLA_FLAGS"]
 
 
 @pytest.mark.parametrize("max_restarts,status,runs", [(None, 0, 3), ("1", 75, 2)])
