@@ -18,19 +18,21 @@
   with an error, so a supervisor can rerun the job, which resumes from its last
   checkpoint. A 1-device run (``--xla_force_host_platform_device_count=1``)
   has no collectives at all.
-- With more than one device, each device's Eigen ops on ONE thread
-  (``--xla_cpu_multi_thread_eigen=false``). The third 2-device hang (SimSiam,
-  step ~120, 2026-12-01) left a native stack: device 0's all-reduce was running
-  as the continuation of a multi-threaded matmul ON an Eigen thread-pool
-  worker, blocking it in the rendezvous, while device 1 never arrived -- the
-  shape of a thread-pool starvation deadlock (device 1's own parallel ops need
-  the pool's workers). PyAutoFit #1528/#1530 report XLA:CPU wedges fixed by the
-  same flag. At one device per core it costs nothing: SimCLR's full-width step
-  on 2 devices, 15.5 images/s (55.7% MFU) with the pool, 16.5 (59.0%) without;
-  width 8, 286 images/s either way (benchmarks/train_step.py, one run each).
-  A 1-device run keeps the multi-threaded pool (no collectives to deadlock).
+- With more than one device, a PJRT client thread pool of at least 2 threads per
+  device (``PJRT_NPROC``). The pool (default: one thread per core) both
+  launches each device's share of a multi-device program and runs it, and a
+  launch waits while its device has 32 programs in flight
+  (``max_inflight_computations_per_device``). Once Python dispatches ~32 steps
+  ahead, one thread can run device 0's step k (blocked in its all-reduce,
+  waiting for device 1) while the other waits to launch device 1's step k+32
+  -- and device 1's step k, queued behind them, never gets a thread. That is
+  the rare 2-device hang seen four times here (native stacks: one pool thread
+  in an all-reduce rendezvous, one in a launch's semaphore). A 2-device script
+  dispatching 2,000 small all-reduce programs hangs every time with the default
+  pool of 2 and never with 4 (``tests/test_launch.py``). A 1-device run has no
+  collectives and keeps the default.
 
-Explicit settings in ``XLA_FLAGS`` win. No effect on GPU and TPU devices.
+Explicit settings in ``XLA_FLAGS`` and ``PJRT_NPROC`` win. No effect on GPU and TPU devices.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ def _jaxlib_version() -> tuple[int, ...]:
 
 
 def configure(device_count: int | None = None) -> None:
-  """Adds the CPU device count, the convolution path, the collective timeouts and (with
-  several devices) single-threaded Eigen ops to ``XLA_FLAGS`` (each only if not set).
+  """Adds the CPU device count, the convolution path and the collective timeouts to
+  ``XLA_FLAGS``, and (with several devices) sizes the PJRT thread pool
+  (``PJRT_NPROC``); each only if not set.
 
   Args:
     device_count: simulated CPU devices (default: one per core).
@@ -70,11 +73,11 @@ def configure(device_count: int | None = None) -> None:
       "xla_cpu_collective_call_terminate_timeout_seconds": COLLECTIVE_ABORT_SECONDS,
       "xla_cpu_collective_call_warn_stuck_timeout_seconds": COLLECTIVE_WARN_SECONDS,
   }
-  if count > 1:  # no Eigen pool shared by the devices' collectives (module docstring)
-    wanted["xla_cpu_multi_thread_eigen"] = "false"
   if _jaxlib_version() >= YNN_MIN_JAXLIB:  # XLA aborts on a flag it does not know.
     wanted["xla_cpu_experimental_ynn_fusion_type"] = YNN_FUSION_TYPES
   for name, value in wanted.items():
     if name not in flags:
       flags += f" --{name}={value}"
   os.environ["XLA_FLAGS"] = flags.strip()
+  if count > 1:  # no thread starvation of multi-device launches (module docstring)
+    os.environ.setdefault("PJRT_NPROC", str(max(2 * count, os.cpu_count() or 1)))

@@ -2,14 +2,10 @@
 
 import os
 
-# Multi-threaded Eigen stays on here (explicit flags win over cpu_devices): many tests
-# compute on one of the 8 devices, and the suite's time is budgeted with it.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    " --xla_cpu_multi_thread_eigen=true"
-).strip()
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-from ssl_jax import cpu_devices  # noqa: E402  (the collective timeouts; before jax)
+from ssl_jax import cpu_devices  # noqa: E402  (collective timeouts, PJRT pool; before jax)
 
 cpu_devices.configure()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
