@@ -5,7 +5,12 @@ import os
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-from ssl_jax import cpu_devices  # noqa: E402  (collective timeouts, PJRT pool; before jax)
+# XLA's default PJRT pool for 8 devices (max(cores, devices) = 8 threads), not the
+# 2-per-device pool cpu_devices sets against the run-ahead hang: the pool's size also
+# splits XLA:CPU's parallel ops, so it moves float results, and the suite's losses and
+# time are budgeted with 8. The tests' loops are short (the hang needs ~32 steps in flight).
+os.environ.setdefault("PJRT_NPROC", "8")
+from ssl_jax import cpu_devices  # noqa: E402  (collective timeouts; before jax)
 
 cpu_devices.configure()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
