@@ -21,6 +21,10 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
+# The pool is fixed once the backend is up; the tests' own 2-device subprocesses must
+# not inherit 8 threads for 2 devices (they get cpu_devices' 2-per-device pool).
+jax.devices()
+del os.environ["PJRT_NPROC"]
 
 
 @pytest.fixture(scope="session")
