@@ -30,7 +30,10 @@
   in an all-reduce rendezvous, one in a launch's semaphore). A 2-device script
   dispatching 2,000 small all-reduce programs hangs every time with the default
   pool of 2 and never with 4 (``tests/test_launch.py``). A 1-device run has no
-  collectives and keeps the default.
+  collectives and keeps the default. The pool's size also splits XLA:CPU's
+  parallel ops, so it moves float results in the last bits: a run is
+  reproducible bit for bit only at the same ``PJRT_NPROC`` (the test suite pins
+  8 for its 8 devices).
 
 Explicit settings in ``XLA_FLAGS`` and ``PJRT_NPROC`` win. No effect on GPU and TPU devices.
 """
