@@ -9,6 +9,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # 2-per-device pool cpu_devices sets against the run-ahead hang: the pool's size also
 # splits XLA:CPU's parallel ops, so it moves float results, and the suite's losses and
 # time are budgeted with 8. The tests' loops are short (the hang needs ~32 steps in flight).
+# Only for this process: the tests' own 2-device subprocesses must not inherit 8 threads
+# for 2 devices, so the variable goes once the backend is up (unless the caller set it).
+_SUITE_SETS_POOL = "PJRT_NPROC" not in os.environ
 os.environ.setdefault("PJRT_NPROC", "8")
 from ssl_jax import cpu_devices  # noqa: E402  (collective timeouts; before jax)
 
@@ -21,10 +24,9 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
-# The pool is fixed once the backend is up; the tests' own 2-device subprocesses must
-# not inherit 8 threads for 2 devices (they get cpu_devices' 2-per-device pool).
-jax.devices()
-del os.environ["PJRT_NPROC"]
+if _SUITE_SETS_POOL:
+  jax.devices()  # the pool is fixed once the backend is up
+  del os.environ["PJRT_NPROC"]
 
 
 @pytest.fixture(scope="session")
