@@ -158,6 +158,9 @@ def describe(config) -> str:
 
 def _mean_std(values) -> str:
   values = 100 * np.asarray(values, np.float64)
+  values = values[~np.isnan(values)]
+  if not len(values):
+    return "-"  # the protocol was not run
   if len(values) == 1:
     return f"{values[0]:.2f}"
   return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"

@@ -34,6 +34,9 @@ def get_config(arg=None):
   c.optim.lr_scaling = "none"
   c.optim.end_learning_rate = 0.05  # = the peak: a constant learning rate
   c.optim.weight_decay = 1e-5
+  # main.py's torch.optim.SGD(weight_decay=10**-5) decays every parameter,
+  # biases and BN scales included.
+  c.optim.exclude_bias_and_norm = False
   c.optim.momentum = 0.9
   c.batch_size = 256
   c.total_epochs = 500.0

@@ -34,6 +34,9 @@ def get_config(arg=None):
   c.optim.base_learning_rate = 0.03
   c.optim.lr_scaling = "linear"
   c.optim.weight_decay = 1e-4
+  # torch.optim.SGD(model.parameters(), weight_decay=1e-4) in main_moco.py
+  # decays every parameter, biases and BN scales included.
+  c.optim.exclude_bias_and_norm = False
   c.optim.warmup_epochs = 0.0
   c.batch_size = 256
   c.total_epochs = 200.0

@@ -36,6 +36,9 @@ def get_config(arg=None):
   c.optim.weight_decay = 1e-4
   c.optim.warmup_epochs = 0.0
   c.optim.fixed_lr_params = ("predictor",)
+  # The reference's torch.optim.SGD(weight_decay=1e-4) decays every parameter,
+  # biases and BN scales included.
+  c.optim.exclude_bias_and_norm = False
   c.batch_size = 512
   c.total_epochs = 100.0
   c.model.depth = 50

@@ -31,6 +31,8 @@ def test_finished_runs_are_read_back_and_missing_protocols_added(data_dir, tmp_p
   assert 0.0 <= record["knn20"] <= 1.0 and math.isnan(record["linear1"])
   assert record["train_s"] > 0  # from the loop's metrics.jsonl
   checkpoints = sorted(os.listdir(out / "simclr_digits_s0" / "checkpoints"))
+  knn_only = (out / "reproduce.md").read_text()
+  assert "nan" not in knn_only and "| - | - |" in knn_only  # linear not run: '-'
 
   # The same table with the linear protocol too: no pre-training, kNN kept, linear added.
   second = _reproduce(data_dir, out, "--total_steps=2", "--protocols=knn,linear")
