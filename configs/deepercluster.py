@@ -43,6 +43,9 @@ def get_config(arg=None):
   c.optim.lr_scaling = "none"
   c.optim.end_learning_rate = 0.1  # = the peak: a constant learning rate
   c.optim.weight_decay = 1e-5
+  # src/model/model_factory.py sgd_optimizer: torch.optim.SGD over every
+  # parameter with requires_grad, biases and BN scales decayed too.
+  c.optim.exclude_bias_and_norm = False
   c.optim.momentum = 0.9
   c.optim.warmup_epochs = 0.0
   c.batch_size = 3072

@@ -35,6 +35,9 @@ def get_config(arg=None):
   c.optim.momentum = 0.9
   c.optim.nesterov = True
   c.optim.weight_decay = 5e-4
+  # algorithms/Algorithm.py builds torch.optim.SGD over every parameter with
+  # requires_grad: biases and BN scales are decayed too.
+  c.optim.exclude_bias_and_norm = False
   c.optim.lr_scaling = "linear"
   c.optim.base_learning_rate = 0.01 * 256 / 192   # = 0.01 at batch 192
   c.optim.warmup_epochs = 0.0

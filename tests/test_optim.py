@@ -307,6 +307,25 @@ def test_lars_without_exclusion_adapts_bias_and_norm(clip):
   assert np.linalg.norm(got_updates[0][k]) < 0.1 * lrs[0] * np.linalg.norm(grads[0][k])
 
 
+@pytest.mark.parametrize("method", ["simsiam", "mocov2", "deepcluster", "deepercluster",
+                                    "rotnet"])
+@pytest.mark.parametrize("variant", ["imagenet2012", "cifar10"])
+def test_torch_sgd_configs_decay_every_parameter(method, variant):
+  """These references build torch.optim.SGD(model.parameters(), weight_decay=wd): a zero
+  gradient step shrinks every leaf (biases and norm scales too) by the same factor."""
+  import method_testing as mt  # pylint: disable=import-outside-toplevel
+  config = mt.load_config_module(method).get_config(variant)
+  tx, schedule = optim.make_optimizer(config.optim, total_steps=100, steps_per_epoch=10,
+                                      batch_size=config.batch_size)
+  params = _random_flat(5)
+  _, (update,) = _run(tx, params, [{k: np.zeros_like(v) for k, v in params.items()}])
+  lr, wd = float(schedule(0)), config.optim.weight_decay
+  factor = 1.0 + (config.optim.momentum if config.optim.nesterov else 0.0)
+  for k, p in params.items():
+    np.testing.assert_allclose(update[k], -lr * wd * factor * p, rtol=1e-4, atol=1e-12,
+                               err_msg=str(k))
+
+
 def test_exclude_bias_and_norm_must_be_bool():
   config = dict(optim.default_optim_config("sgd").to_dict(), exclude_bias_and_norm="no")
   with pytest.raises(ValueError, match="exclude_bias_and_norm must be a bool"):
