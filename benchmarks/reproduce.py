@@ -158,12 +158,13 @@ def describe(config) -> str:
 
 def _mean_std(values) -> str:
   values = 100 * np.asarray(values, np.float64)
-  values = values[~np.isnan(values)]
-  if not len(values):
-    return "-"  # the protocol was not run
-  if len(values) == 1:
-    return f"{values[0]:.2f}"
-  return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+  done = values[~np.isnan(values)]  # NaN: the protocol was not run for that seed
+  if not len(done):
+    return "-"
+  partial = "" if len(done) == len(values) else f" ({len(done)} of {len(values)} seeds)"
+  if len(done) == 1:
+    return f"{done[0]:.2f}{partial}"
+  return f"{done.mean():.2f} ± {done.std(ddof=1):.2f}{partial}"
 
 
 def _images_per_sec(row: dict) -> str:

@@ -19,6 +19,8 @@ from flax import traverse_util
 
 from ssl_jax import optim
 
+import method_testing as mt
+
 RTOL = 2e-5
 ATOL = 1e-7
 
@@ -313,7 +315,6 @@ def test_lars_without_exclusion_adapts_bias_and_norm(clip):
 def test_torch_sgd_configs_decay_every_parameter(method, variant):
   """These references build torch.optim.SGD(model.parameters(), weight_decay=wd): a zero
   gradient step shrinks every leaf (biases and norm scales too) by the same factor."""
-  import method_testing as mt  # pylint: disable=import-outside-toplevel
   config = mt.load_config_module(method).get_config(variant)
   tx, schedule = optim.make_optimizer(config.optim, total_steps=100, steps_per_epoch=10,
                                       batch_size=config.batch_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -50,3 +51,15 @@ def test_finished_runs_are_read_back_and_missing_protocols_added(data_dir, tmp_p
   assert third.returncode != 0
   assert "is from another run" in third.stderr and "fresh --out" in third.stderr
   assert json.loads(record_path.read_text()) == again
+
+
+def test_table_cells_say_which_seeds_ran_a_protocol():
+  """'-' for a protocol no seed ran; a mean over only some seeds says so, not a silent n."""
+  code = ("import math, reproduce as r; nan = math.nan; print(repr([r._mean_std([nan, nan]), "
+          "r._mean_std([0.3, nan, 0.5]), r._mean_std([0.3, nan]), r._mean_std([0.3, 0.5])]))")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "benchmarks"), REPO]))
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert ast.literal_eval(result.stdout.strip().splitlines()[-1]) == [
+      "-", "40.00 ± 14.14 (2 of 3 seeds)", "30.00 (1 of 2 seeds)", "40.00 ± 14.14"]

@@ -62,7 +62,6 @@ def test_config_variants():
   c = module.get_config("imagenet2012")
   assert c.optim.name == "sgd" and c.optim.base_learning_rate == 0.05
   assert c.optim.weight_decay == 1e-4 and tuple(c.optim.fixed_lr_params) == ("predictor",)
-  assert c.optim.exclude_bias_and_norm is False  # torch SGD decays every parameter
   assert (c.simsiam.projector_layers, c.simsiam.predictor_hidden_dim) == (3, 512)
   assert module.get_config("cifar10").simsiam.projector_layers == 2
   for variant in ("cifar100", "stl10", "imagenette", "image_folder", "digits,runlocal"):
