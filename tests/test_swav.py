@@ -120,11 +120,17 @@ def _sharded_loss(config, mesh):
   def per_device(params, batch_stats, state, views, step):
     loss, (_, state, metrics) = swav.loss_fn(params, batch_stats, state, views, None,
                                              config=config, axis_name=BATCH_AXIS, step=step)
-    return loss, state, metrics["queue_in_use"]
+    entropies = (metrics["code_entropy"], metrics["prediction_entropy"])
+    return loss, state, metrics["queue_in_use"], entropies
 
   return jax.jit(jax.shard_map(per_device, mesh=mesh,
                                in_specs=(P(), P(), P(), P(BATCH_AXIS), P()),
-                               out_specs=(P(), P(), P())))
+                               out_specs=(P(), P(), P(), P())))
+
+
+def np_entropy(probs):
+  logs = np.log(np.where(probs > 0, probs, 1.0))
+  return float(np.mean(-np.sum(probs * logs, axis=-1)))
 
 
 def test_queue_fifo_and_loss_1_vs_8_devices_vs_numpy(devices):
@@ -137,19 +143,31 @@ def test_queue_fifo_and_loss_1_vs_8_devices_vs_numpy(devices):
     step = _sharded_loss(config, make_mesh(devs))
     state, out = dict(state0), []
     for t in range(4):
-      loss, state, in_use = step(params, batch_stats, state, _random_views(config, 10 + t),
-                                 jnp.asarray(t, jnp.int32))
+      loss, state, in_use, entropies = step(params, batch_stats, state,
+                                            _random_views(config, 10 + t),
+                                            jnp.asarray(t, jnp.int32))
       out.append((float(loss), float(in_use), jax.device_get(state)))
+      if t == 0:
+        runs[name + " entropies"] = np.asarray(entropies, np.float64)
     runs[name] = out
 
+  temperature = config.swav.temperature
   _, scores = _reference_scores(config, params, batch_stats, _random_views(config, 10))
   assert np_swav_multicrop(scores, num_code=2)[1] == 2 * 3  # (code crop, other crop) pairs
+  # The logged entropies of crop 0's global-batch codes and predictions.
+  logits = scores[0] / temperature
+  predictions = np.exp(logits - logits.max(axis=1, keepdims=True))
+  predictions /= predictions.sum(axis=1, keepdims=True)
+  expected = [np_entropy(np_sinkhorn(scores[0], 0.05, 3)), np_entropy(predictions)]
+  assert 0 < expected[0] < np.log(10) and abs(expected[0] - expected[1]) > 1e-3
+  for name in ("8", "1"):
+    np.testing.assert_allclose(runs[name + " entropies"], expected, rtol=1e-4, err_msg=name)
   fifo = np.zeros((2, 32, 8))
   for t in range(4):
     z, scores = _reference_scores(config, params, batch_stats, _random_views(config, 10 + t))
     use = t == 3  # filled at t = 1, 2; full from t = 3 on
     expected, _ = np_swav_multicrop(
-        scores, 2, queue=[fifo[i] @ np.asarray(params["prototypes"]["kernel"], np.float64)
+        scores, 2, temperature, queue=[fifo[i] @ np.asarray(params["prototypes"]["kernel"], np.float64)
                           for i in range(2)] if use else None)
     if t >= 1:  # push newest first
       new = np.stack([z[:16], z[16:32]])
@@ -162,7 +180,7 @@ def test_queue_fifo_and_loss_1_vs_8_devices_vs_numpy(devices):
       assert int(state["queue_filled"]) == min(32, 16 * max(0, t))
   # The queue changes the codes: the loss at t = 3 differs from the no-queue loss.
   z, scores = _reference_scores(config, params, batch_stats, _random_views(config, 13))
-  assert abs(np_swav_multicrop(scores, 2)[0] - runs["8"][3][0]) > 1e-4
+  assert abs(np_swav_multicrop(scores, 2, temperature)[0] - runs["8"][3][0]) > 1e-4
 
 
 def test_freeze_for_steps_skips_leaves_exactly():

@@ -28,6 +28,10 @@ Details of the reference code reproduced here:
   batch's before Sinkhorn (widening the equipartition); their codes are dropped.
   It lives in ``method_state`` (replicated), so checkpoints hold it. As in the
   reference, the queue is pushed after the codes of the step are computed.
+
+Logged besides the loss and ``diagnostics.collapse_metrics``: ``code_entropy``
+and ``prediction_entropy`` (``assignment_entropies``), which tell a collapse to
+ln K (codes flattening) from a start that learns (codes sharpening).
 """
 
 from __future__ import annotations
@@ -232,8 +236,33 @@ def loss_fn(params, batch_stats, method_state, views, key, *, config, axis_name,
     metrics["queue_in_use"] = use_queue.astype(jnp.float32)
   else:
     loss = losses.swav_multicrop_loss(code_scores, all_scores, **sinkhorn)
-  metrics.update(loss=loss, **diagnostics.collapse_metrics(z[:n], z[n:2 * n], axis_name))
+  metrics.update(loss=loss, **diagnostics.collapse_metrics(z[:n], z[n:2 * n], axis_name),
+                 **assignment_entropies(code_scores[0], config, axis_name))
   return loss, (updated.get("batch_stats", {}), method_state, metrics)
+
+
+def assignment_entropies(scores, config, axis_name) -> dict:
+  """Entropies of one crop's codes and predictions, global-batch means (nats).
+
+  ``code_entropy``: of the Sinkhorn codes q of ``scores`` over the global batch
+  alone (no queue), eq. 3-5; ``prediction_entropy``: of softmax(scores / T), eq. 2.
+  Codes whose entropy climbs to ln K (uniform) mark the start-of-training collapse
+  the reference README lists under "Common Issues" (the loss then sits at ln K);
+  codes that sharpen mean the prototypes are splitting the data (README, SwAV
+  results).
+
+  Args:
+    scores: float [n, K] this device's scores of the first code crop.
+    config: the run config (``config.swav``).
+    axis_name: the data-parallel axis.
+  """
+  cfg = config.swav
+  codes = losses.sinkhorn(scores, cfg.epsilon, cfg.sinkhorn_iters, axis_name)
+  predictions = jax.nn.softmax(jax.lax.stop_gradient(scores).astype(jnp.float32)
+                               / cfg.temperature)
+  out = {name: jnp.mean(jnp.sum(jax.scipy.special.entr(p), axis=-1))
+         for name, p in (("code_entropy", codes), ("prediction_entropy", predictions))}
+  return out if axis_name is None else jax.lax.pmean(out, axis_name)
 
 
 def post_update(params, batch_stats, method_state, step, config, *, total_steps):
