@@ -78,7 +78,9 @@ def test_two_processes_match_one_process(method, data_dir, tmp_path):
   assert step == multihost_config.STEPS
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    # Several steps of float32 sums in different orders: up to 1.5e-5 apart on an
+    # AVX2-only CPU (a BN bias of SimCLR); a wrong gradient sum is O(lr) off.
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=5e-5, err_msg=jax.tree_util.keystr(path))
   # Only process 0 writes the metrics (one line per step); the losses agree.
   multi_losses, single_losses = _losses(multi), _losses(single)
   assert len(multi_losses) == multihost_config.STEPS
