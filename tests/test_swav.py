@@ -155,10 +155,8 @@ def test_queue_fifo_and_loss_1_vs_8_devices_vs_numpy(devices):
   _, scores = _reference_scores(config, params, batch_stats, _random_views(config, 10))
   assert np_swav_multicrop(scores, num_code=2)[1] == 2 * 3  # (code crop, other crop) pairs
   # The logged entropies of crop 0's global-batch codes and predictions.
-  logits = scores[0] / temperature
-  predictions = np.exp(logits - logits.max(axis=1, keepdims=True))
-  predictions /= predictions.sum(axis=1, keepdims=True)
-  expected = [np_entropy(np_sinkhorn(scores[0], 0.05, 3)), np_entropy(predictions)]
+  codes = np_sinkhorn(scores[0], config.swav.epsilon, config.swav.sinkhorn_iters)
+  expected = [np_entropy(codes), np_entropy(np.exp(np_log_softmax(scores[0] / temperature)))]
   assert 0 < expected[0] < np.log(10) and abs(expected[0] - expected[1]) > 1e-3
   for name in ("8", "1"):
     np.testing.assert_allclose(runs[name + " entropies"], expected, rtol=1e-4, err_msg=name)
@@ -166,9 +164,9 @@ def test_queue_fifo_and_loss_1_vs_8_devices_vs_numpy(devices):
   for t in range(4):
     z, scores = _reference_scores(config, params, batch_stats, _random_views(config, 10 + t))
     use = t == 3  # filled at t = 1, 2; full from t = 3 on
+    prototypes = np.asarray(params["prototypes"]["kernel"], np.float64)
     expected, _ = np_swav_multicrop(
-        scores, 2, temperature, queue=[fifo[i] @ np.asarray(params["prototypes"]["kernel"], np.float64)
-                          for i in range(2)] if use else None)
+        scores, 2, temperature, queue=[fifo[i] @ prototypes for i in range(2)] if use else None)
     if t >= 1:  # push newest first
       new = np.stack([z[:16], z[16:32]])
       fifo = np.concatenate([new, fifo], axis=1)[:, :32]
