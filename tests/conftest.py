@@ -1,6 +1,9 @@
 """Every test sees 8 simulated CPU devices (set before jax is imported)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -17,6 +20,16 @@ from ssl_jax import cpu_devices  # noqa: E402  (collective timeouts; before jax)
 
 cpu_devices.configure()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent XLA compilation cache for the session, shared by both xdist
+# workers and by every subprocess a test starts (they inherit the environment):
+# the suite's time is mostly XLA compiling, and tests compile the same programs
+# (a run and its resume, a CLI run and an in-process run of one config).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _XLA_CACHE = tempfile.mkdtemp(prefix="ssl_jax_test_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # TFDS must never try the network in tests.
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 

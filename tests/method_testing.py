@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -28,11 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Compiling the train step dominates these tests. A smoke run and a one-step
 # test of the same config lower to the same program (one_step uses the run's
-# schedule), so a persistent compilation cache, fresh per session, lets the
-# second one skip XLA's compile.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="ssl_jax_xla_cache_"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# schedule), so the session's persistent compilation cache (tests/conftest.py)
+# lets the second one skip XLA's compile.
 
 
 def load_config_module(name: str):
