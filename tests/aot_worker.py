@@ -14,6 +14,7 @@ def main(topology: str):
   import simclr  # pylint: disable=g-import-not-at-top
   from ssl_jax import aot  # pylint: disable=g-import-not-at-top
   config = simclr.get_config("cifar10")
+  config.model.depth = 10
   config.model.base_width = 4
   config.augment.size = 16
   config.batch_size = 32

@@ -1,6 +1,6 @@
 """Helpers shared by the per-method tests.
 
-Tiny runs: ResNet-18 at base width 4 with the CIFAR stem, 16x16 views of the
+Tiny runs: ResNet-10 at base width 4 with the CIFAR stem, 16x16 views of the
 offline digits dataset (built once per session into a temporary TFDS data_dir),
 heads of width 16/8, global batch 16.
 """
@@ -40,6 +40,7 @@ def tiny_config(method: str, data_dir: str, variant: str = "digits", **overrides
   """The method's digits config shrunk to a seconds-long CPU run; dotted overrides."""
   c = load_config_module(method).get_config(variant)
   c.data.data_dir = data_dir
+  c.model.depth = 10
   c.model.base_width = 4
   c.augment.size = 16
   c.batch_size = 16

@@ -11,10 +11,11 @@ STEPS = 4
 
 
 def config(method: str, data_dir: str):
-  """``configs/<method>.py:digits`` shrunk to a ResNet-18 at width 4 on 16 px views."""
+  """``configs/<method>.py:digits`` shrunk to a ResNet-10 at width 4 on 16 px views."""
   sys.path.insert(0, os.path.join(REPO, "configs"))
   c = importlib.import_module(method).get_config("digits")
   c.data.data_dir = data_dir
+  c.model.depth = 10
   c.model.base_width = 4
   c.augment.size = 16
   c.batch_size = 32

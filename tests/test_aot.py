@@ -29,6 +29,6 @@ def test_simclr_step_compiles_for_a_tpu_topology():
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["platform"] == "tpu" and result["devices"] == 4
   # The step exists for the TPU: it has FLOPs, and a per-chip footprint that fits
-  # a v5e chip's 16 GiB of HBM (a tiny ResNet-18 at batch 32 needs megabytes).
+  # a v5e chip's 16 GiB of HBM (a tiny ResNet-10 at batch 32 needs megabytes).
   assert result["flops"] > 1e6
   assert 1e5 < result["memory_bytes"] < 16 * 2**30

@@ -41,6 +41,7 @@ def _tiny(config, folder):
   config.data.folder = images
   config.data.data_dir = data_dir
   config.data.image_size = 16
+  config.model.depth = 10
   config.model.base_width = 4
   config.augment.size = 16
   config.batch_size = 16

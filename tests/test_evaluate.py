@@ -1,6 +1,6 @@
 """Evaluation protocols, plots and cross-topology checkpoint restore.
 
-One tiny SimCLR run (ResNet-18 at base width 4, 16x16 views of the offline
+One tiny SimCLR run (ResNet-10 at base width 4, 16x16 views of the offline
 digits, 3 steps) is shared by the module; the supervised protocols run on a
 tiny colour-separable image folder (4 classes), which doubles as the transfer
 target (digits -> folder).

@@ -21,7 +21,7 @@ from ssl_jax.models.heads import MLPHead, Prototypes, normalize_prototypes
 from ssl_jax.models.resnet import ResNet
 from ssl_jax.parallel import BATCH_AXIS, make_mesh
 
-DEPTHS = (18, 34, 50, 101, 152, 200)
+DEPTHS = (10, 18, 34, 50, 101, 152, 200)
 
 # torchvision's published totals (docs' "num_params") minus the 1000-way classifier:
 # fc = 512*1000+1000 for basic-block nets, 2048*1000+1000 for bottleneck nets.
@@ -82,7 +82,7 @@ def _apply(module, variables, x, **kwargs):
 @pytest.mark.parametrize('width_multiplier', (1, 2, 4))
 def test_output_shape_every_depth_stem_width(depth, width_multiplier, stem):
   out, variables = _abstract_init(depth, width_multiplier, stem)
-  expected = (512 if depth in (18, 34) else 2048) * width_multiplier
+  expected = (512 if depth < 50 else 2048) * width_multiplier
   assert out.shape == (2, expected)
   assert out.dtype == jnp.float32
   assert resnet.num_features(depth, width_multiplier) == expected
@@ -95,6 +95,15 @@ def test_output_shape_every_depth_stem_width(depth, width_multiplier, stem):
 def test_param_count_matches_torchvision_without_fc(depth):
   _, variables = _abstract_init(depth, 1, 'imagenet')
   assert _count(variables['params']) == TORCHVISION_TOTALS[depth] - _fc_params(depth)
+
+
+def test_resnet10_is_resnet18_with_one_block_per_stage():
+  """No published total for ResNet-10: it is ResNet-18 less one identity block per
+  stage, i.e. two 3x3 c->c convs and two BNs (scale, bias) at c = 64 ... 512."""
+  block = {c: 2 * 3 * 3 * c * c + 2 * 2 * c for c in (64, 128, 256, 512)}
+  resnet10 = _count(_abstract_init(10, 1, 'imagenet')[1]['params'])
+  assert resnet10 == TORCHVISION_TOTALS[18] - _fc_params(18) - sum(block.values())
+  assert resnet.STAGE_SIZES[10] == (1, 1, 1, 1)
 
 
 def test_param_counts_match_papers_and_scale_with_width():
@@ -117,7 +126,7 @@ def test_group_ws_has_same_params_and_no_batch_stats():
 
 
 @pytest.mark.parametrize('kwargs, valid', [
-    (dict(depth=42), '[18, 34, 50, 101, 152, 200]'),
+    (dict(depth=42), '[10, 18, 34, 50, 101, 152, 200]'),
     (dict(stem='tiny'), "('imagenet', 'cifar')"),
     (dict(norm='instance'), "('batch', 'group_ws', 'layer')"),
     (dict(width_multiplier=0), 'positive integer'),

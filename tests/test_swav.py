@@ -1,6 +1,6 @@
 """SwAV: multi-crop loss vs NumPy, queue FIFO, 1 vs 8 devices, prototypes, freezing, smoke run.
 
-Tiny ResNet-18 (base width 4, CIFAR stem), 16 px large crops and 9 px small crops.
+Tiny ResNet-10 (base width 4, CIFAR stem), 16 px large crops and 9 px small crops.
 """
 
 import os
@@ -32,6 +32,7 @@ def tiny_config(data_dir=None, **swav_overrides):
   c = swav_config.get_config("digits")
   if data_dir:
     c.data.data_dir = data_dir
+  c.model.depth = 10
   c.model.base_width = 4
   c.augment.size = 16
   c.swav.update(dict(projector_hidden_dim=16, projection_dim=8, num_prototypes=10,

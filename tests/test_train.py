@@ -1,6 +1,6 @@
 """End-to-end trainer tests: smoke run, 1 vs 8 devices, exact resume, CLI, load_encoder.
 
-All runs use a tiny ResNet-18 (base width 4, CIFAR stem) on 16x16 views of the
+All runs use a tiny ResNet-10 (base width 4, CIFAR stem) on 16x16 views of the
 offline digits dataset, built into a per-session temporary TFDS data_dir.
 """
 
@@ -31,6 +31,7 @@ import method_testing as mt  # noqa: E402  pylint: disable=g-import-not-at-top
 def tiny_config(data_dir, **overrides):
   c = simclr_config.get_config("digits")
   c.data.data_dir = data_dir
+  c.model.depth = 10
   c.model.base_width = 4
   c.augment.size = 16
   c.simclr.projector_hidden_dim = 16
@@ -178,7 +179,7 @@ def test_load_encoder_on_finished_run(data_dir, tmp_path):
   apply_fn, params = ssl_jax.load_encoder(str(tmp_path))
   images = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
   features = np.asarray(apply_fn(params, images))
-  assert features.shape == (5, 8 * 4)  # ResNet-18: 8 x base_width
+  assert features.shape == (5, 8 * 4)  # basic blocks: 8 x base_width
   assert np.all(np.isfinite(features))
   assert np.std(features) > 0
   # Same params and images -> the same features; different images differ.
@@ -214,8 +215,8 @@ def test_cli_with_overrides(data_dir, tmp_path):
   proc = _cli([
       "--config=configs/simclr.py:digits,runlocal", f"--workdir={workdir}",
       f"--config.data.data_dir={data_dir}", "--config.total_steps=2",
-      "--config.model.base_width=4", "--config.augment.size=16", "--config.batch_size=16",
-      "--config.log_every_steps=1", "--config.simclr.temperature=0.2",
+      "--config.model.depth=10", "--config.model.base_width=4", "--config.augment.size=16",
+      "--config.batch_size=16", "--config.log_every_steps=1", "--config.simclr.temperature=0.2",
   ])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "ssl_jax done" in proc.stdout
@@ -224,7 +225,7 @@ def test_cli_with_overrides(data_dir, tmp_path):
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
   assert saved["simclr"]["temperature"] == 0.2
-  assert saved["model"]["base_width"] == 4
+  assert saved["model"]["base_width"] == 4 and saved["model"]["depth"] == 10
 
 
 def test_cli_rejects_unknown_config_key(tmp_path):

@@ -101,6 +101,7 @@ train.compile_train_step = compile_with_wedge
 c = simclr.get_config("digits,runlocal")
 c.data.data_dir = sys.argv[3]
 c.total_steps, c.batch_size, c.model.base_width, c.augment.size = 6, 16, 4, 16
+c.model.depth = 10
 c.simclr.projector_hidden_dim, c.simclr.projection_dim = 16, 8
 c.log_every_steps, c.checkpoint_every_steps, c.knn.every_epochs = 1, 1, 0.0
 c.stall_timeout_minutes = 0.1
