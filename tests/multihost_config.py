@@ -28,9 +28,6 @@ def config(method: str, data_dir: str):
   c.checkpoint_every_steps = STEPS
   c.knn.every_epochs = 0.0
   c.optim.warmup_epochs = 0.0
-  if method == "simclr":
-    c.simclr.projector_hidden_dim = 16
-    c.simclr.projection_dim = 8
   if method == "mocov3":
     c.mocov3.projector_hidden_dim = c.mocov3.predictor_hidden_dim = 16
     c.mocov3.projection_dim = 8

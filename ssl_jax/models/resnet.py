@@ -57,7 +57,7 @@ ModuleDef = Callable[..., nn.Module]
 
 # Blocks per stage for each depth (He et al. 2016, Table 1; 200 from He et al.
 # 2016b "Identity mappings", the depth used by BYOL's largest model). 10 is the
-# smallest basic-block ResNet (one block per stage, as timm's resnet10t): a quick
+# smallest basic-block ResNet, one block per stage (not in the paper): a quick
 # Colab run, and the tests' model, whose compile time it cuts by a fifth.
 STAGE_SIZES = {
     10: (1, 1, 1, 1),
