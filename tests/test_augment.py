@@ -454,6 +454,10 @@ def test_preset_values():
   moco = augment.preset("mocov2", 224)[0]
   assert moco.crop_scale == (0.2, 1.0) and moco.blur_prob == 0.5
   assert (moco.brightness, moco.contrast, moco.saturation, moco.hue) == (0.4, 0.4, 0.4, 0.1)
+  v1, v2 = augment.preset("mocov2_cifar", 32)
+  assert v1 == v2 and v1.size == 32
+  # MoCo v2's recipe less the blur, nothing else changed.
+  assert v1 == dataclasses.replace(augment.preset("mocov2", 32)[0], blur_prob=0.0)
 
   swav = augment.preset("swav", 224)
   assert [r.crop_scale for r in swav] == [(0.14, 1.0)] * 2 + [(0.05, 0.14)] * 6

@@ -69,8 +69,9 @@ def _model(config: ml_collections.ConfigDict, axis_name) -> SimSiamModel:
 
 
 def view_recipes(config) -> tuple[augment.ViewRecipe, ...]:
-  """Two views of MoCo v2's recipe (Sec. 4 "the same as MoCo v2"): preset 'mocov2'."""
-  return common.two_view_recipes(config, "SimSiam", "'mocov2'")
+  """Two views of MoCo v2's recipe (Sec. 4 "the same as MoCo v2"): preset 'mocov2'
+  ('mocov2_cifar' without blur at 32 px)."""
+  return common.two_view_recipes(config, "SimSiam", "'mocov2' or 'mocov2_cifar'")
 
 
 def init(key, config, sample_images):
