@@ -763,8 +763,8 @@ def _mocov2(size: int) -> tuple[ViewRecipe, ...]:
 def _mocov2_cifar(size: int) -> tuple[ViewRecipe, ...]:
   # MoCo v2's --aug-plus at CIFAR size without blur (as SimCLR drops it on 32 px,
   # appendix B.9): crop area (0.2, 1), jitter 0.4/0.4/0.4/0.1 p=0.8, grayscale
-  # p=0.2, flip. SimSiam's CIFAR runs (Chen & He 2021, appendix D) use MoCo v2's
-  # augmentations; the CIFAR reproduction that matches its 91.8% linear
+  # p=0.2, flip. SimSiam (Chen & He 2021) uses MoCo v2's augmentations; the
+  # CIFAR reproduction that matches its appendix D's 91.8% linear
   # (Reza-Safdari/SimSiam-91.9-top1-acc-on-CIFAR10 main.py) uses exactly these.
   view = ViewRecipe(size=size, crop_scale=(0.2, 1.0), brightness=0.4, contrast=0.4,
                     saturation=0.4, hue=0.1, jitter_prob=0.8, grayscale_prob=0.2,
