@@ -766,9 +766,7 @@ def _mocov2_cifar(size: int) -> tuple[ViewRecipe, ...]:
   # p=0.2, flip. SimSiam (Chen & He 2021) uses MoCo v2's augmentations; the
   # CIFAR reproduction that matches its appendix D's 91.8% linear
   # (Reza-Safdari/SimSiam-91.9-top1-acc-on-CIFAR10 main.py) uses exactly these.
-  view = ViewRecipe(size=size, crop_scale=(0.2, 1.0), brightness=0.4, contrast=0.4,
-                    saturation=0.4, hue=0.1, jitter_prob=0.8, grayscale_prob=0.2,
-                    blur_prob=0.0)
+  view = dataclasses.replace(_mocov2(size)[0], blur_prob=0.0)
   return (view, view)
 
 

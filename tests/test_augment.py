@@ -455,9 +455,10 @@ def test_preset_values():
   assert moco.crop_scale == (0.2, 1.0) and moco.blur_prob == 0.5
   assert (moco.brightness, moco.contrast, moco.saturation, moco.hue) == (0.4, 0.4, 0.4, 0.1)
   v1, v2 = augment.preset("mocov2_cifar", 32)
-  assert v1 == v2 and v1.size == 32
-  # MoCo v2's recipe less the blur, nothing else changed.
-  assert v1 == dataclasses.replace(augment.preset("mocov2", 32)[0], blur_prob=0.0)
+  assert v1 == v2 and v1.size == 32 and v1.blur_prob == 0.0
+  assert v1.crop_scale == (0.2, 1.0) and v1.crop_ratio == (3 / 4, 4 / 3)
+  assert (v1.brightness, v1.contrast, v1.saturation, v1.hue) == (0.4, 0.4, 0.4, 0.1)
+  assert (v1.jitter_prob, v1.grayscale_prob, v1.flip_prob) == (0.8, 0.2, 0.5)
 
   swav = augment.preset("swav", 224)
   assert [r.crop_scale for r in swav] == [(0.14, 1.0)] * 2 + [(0.05, 0.14)] * 6
