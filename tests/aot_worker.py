@@ -12,11 +12,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main(topology: str):
   sys.path.insert(0, os.path.join(REPO, "configs"))
   import simclr  # pylint: disable=g-import-not-at-top
+  import tiny_encoder  # pylint: disable=g-import-not-at-top
   from ssl_jax import aot  # pylint: disable=g-import-not-at-top
   config = simclr.get_config("cifar10")
-  config.model.depth = 10
-  config.model.base_width = 4
-  config.augment.size = 16
+  tiny_encoder.apply(config)
   config.batch_size = 32
   devices = aot.topology_devices(topology)
   compiled = aot.compile_train_step(config, devices, image_size=32)

@@ -22,6 +22,7 @@ from ssl_jax import optim
 from ssl_jax import train
 from ssl_jax.parallel import make_mesh
 from ssl_jax.parallel import BATCH_AXIS
+import tiny_encoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,9 +41,7 @@ def tiny_config(method: str, data_dir: str, variant: str = "digits", **overrides
   """The method's digits config shrunk to a seconds-long CPU run; dotted overrides."""
   c = load_config_module(method).get_config(variant)
   c.data.data_dir = data_dir
-  c.model.depth = 10
-  c.model.base_width = 4
-  c.augment.size = 16
+  tiny_encoder.apply(c)
   c.batch_size = 16
   c.eval_batch_size = 64
   c.total_steps = 4

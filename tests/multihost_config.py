@@ -6,6 +6,8 @@ import importlib
 import os
 import sys
 
+import tiny_encoder
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
 
@@ -15,9 +17,7 @@ def config(method: str, data_dir: str):
   sys.path.insert(0, os.path.join(REPO, "configs"))
   c = importlib.import_module(method).get_config("digits")
   c.data.data_dir = data_dir
-  c.model.depth = 10
-  c.model.base_width = 4
-  c.augment.size = 16
+  tiny_encoder.apply(c)
   c.batch_size = 32
   c.eval_batch_size = 64
   c.total_steps = STEPS

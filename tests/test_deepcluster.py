@@ -21,6 +21,7 @@ from ssl_jax.parallel import BATCH_AXIS, make_mesh
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_datasets  # noqa: E402  pylint: disable=g-import-not-at-top
+import tiny_encoder  # noqa: E402  pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -41,9 +42,7 @@ def _tiny(config, folder):
   config.data.folder = images
   config.data.data_dir = data_dir
   config.data.image_size = 16
-  config.model.depth = 10
-  config.model.base_width = 4
-  config.augment.size = 16
+  tiny_encoder.apply(config)
   config.batch_size = 16
   config.eval_batch_size = 16
   config.total_steps = 6

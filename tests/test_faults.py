@@ -36,6 +36,7 @@ from ssl_jax.data import crops
 from ssl_jax.evaluate import plots
 from ssl_jax.parallel import make_mesh
 import tiny_datasets as tiny
+import tiny_encoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -84,9 +85,7 @@ def make_stand_in(nan_from_step=None):
 def stand_in_config(data_dir, **overrides):
   c = simclr_config.get_config("digits")
   c.data.data_dir = data_dir
-  c.model.depth = 10
-  c.model.base_width = 4
-  c.augment.size = 16
+  tiny_encoder.apply(c)
   c.batch_size = 16
   c.eval_batch_size = 64
   c.total_steps = STEPS
@@ -222,7 +221,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(data_dir, tmp_path):
   proc = subprocess.Popen(
       [sys.executable, "-m", "ssl_jax.main", "--config=configs/simclr.py:digits,runlocal",
        f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-       "--config.total_steps=100000", "--config.model.depth=10", "--config.model.base_width=4", "--config.augment.size=16",
+       "--config.total_steps=100000", *tiny_encoder.CLI_FLAGS,
        "--config.batch_size=16", "--config.log_every_steps=1",
        "--config.checkpoint_every_steps=100000", "--config.simclr.projector_hidden_dim=16",
        "--config.simclr.projection_dim=8"],

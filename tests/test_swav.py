@@ -17,6 +17,7 @@ from ssl_jax import optim
 from ssl_jax import train
 from ssl_jax.methods import swav
 from ssl_jax.parallel import BATCH_AXIS, make_mesh
+import tiny_encoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -32,9 +33,7 @@ def tiny_config(data_dir=None, **swav_overrides):
   c = swav_config.get_config("digits")
   if data_dir:
     c.data.data_dir = data_dir
-  c.model.depth = 10
-  c.model.base_width = 4
-  c.augment.size = 16
+  tiny_encoder.apply(c)
   c.swav.update(dict(projector_hidden_dim=16, projection_dim=8, num_prototypes=10,
                      num_small_crops=2, queue_length=0, queue_start_epoch=0))
   c.swav.update(swav_overrides)

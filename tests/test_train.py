@@ -21,6 +21,7 @@ from ssl_jax import optim
 from ssl_jax import train
 from ssl_jax.parallel import make_mesh
 from ssl_jax.parallel import BATCH_AXIS
+import tiny_encoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -31,9 +32,7 @@ import method_testing as mt  # noqa: E402  pylint: disable=g-import-not-at-top
 def tiny_config(data_dir, **overrides):
   c = simclr_config.get_config("digits")
   c.data.data_dir = data_dir
-  c.model.depth = 10
-  c.model.base_width = 4
-  c.augment.size = 16
+  tiny_encoder.apply(c)
   c.simclr.projector_hidden_dim = 16
   c.simclr.projection_dim = 8
   c.batch_size = 32
@@ -216,7 +215,7 @@ def test_cli_with_overrides(data_dir, tmp_path):
   proc = _cli([
       "--config=configs/simclr.py:digits,runlocal", f"--workdir={workdir}",
       f"--config.data.data_dir={data_dir}", "--config.total_steps=2",
-      "--config.model.depth=10", "--config.model.base_width=4", "--config.augment.size=16",
+      *tiny_encoder.CLI_FLAGS,
       "--config.batch_size=16", "--config.log_every_steps=1", "--config.simclr.temperature=0.2",
   ])
   assert proc.returncode == 0, proc.stderr[-3000:]

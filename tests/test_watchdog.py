@@ -84,8 +84,9 @@ from absl import logging
 logging.set_verbosity(logging.INFO)
 from ssl_jax import cpu_devices
 cpu_devices.configure(2)
-sys.path.insert(0, "configs")
+sys.path[:0] = ["configs", "tests"]
 import simclr
+import tiny_encoder
 from ssl_jax import train
 wedge_at = int(sys.argv[2])
 real_compile = train.compile_train_step
@@ -100,8 +101,8 @@ def compile_with_wedge(*args, **kwargs):
 train.compile_train_step = compile_with_wedge
 c = simclr.get_config("digits,runlocal")
 c.data.data_dir = sys.argv[3]
-c.total_steps, c.batch_size, c.model.base_width, c.augment.size = 6, 16, 4, 16
-c.model.depth = 10
+c.total_steps, c.batch_size = 6, 16
+tiny_encoder.apply(c)
 c.simclr.projector_hidden_dim, c.simclr.projection_dim = 16, 8
 c.log_every_steps, c.checkpoint_every_steps, c.knn.every_epochs = 1, 1, 0.0
 c.stall_timeout_minutes = 0.1
