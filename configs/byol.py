@@ -74,7 +74,9 @@ def get_config(arg=None):
     c.optim.warmup_epochs = 1.0
   if gn_ws:
     # Richemond et al. 2020: GN + WS in the encoder, no BN anywhere (LayerNorm in
-    # the MLP heads), so the train state has no batch statistics.
+    # the MLP heads), so the train state has no batch statistics. On CIFAR-10 at
+    # CPU scale (width 8, batch 256) it collapses within 50 steps, as every
+    # batch-free head tried does; see the README's results.
     c.model.norm = "group_ws"
     c.byol.head_norm = "layer"
   if "runlocal" in flags:
